@@ -1,0 +1,108 @@
+"""The gateway's configuration models: one YAML file, validated once at start-up.
+
+Protocol-specific device and profile models live with their driver (`drivers/<proto>/config.py`)
+and are joined here into discriminated unions on `protocol`. Loading, secret references and
+cross-checks (unknown profile, duplicate ids) are in `gateway.configload`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from drivers.modbus.config import ModbusProfile, ModbusRtuDevice, ModbusTcpDevice
+from gateway.types import ByteSize, DataClass, Duration, Name
+
+DeviceConfig = Annotated[ModbusTcpDevice | ModbusRtuDevice, Field(discriminator="protocol")]
+ProfileConfig = Annotated[ModbusProfile, Field(discriminator="protocol")]
+
+#: Which profile protocol each device protocol reads.
+PROFILE_PROTOCOL = {"modbus-tcp": "modbus", "modbus-rtu": "modbus"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayIdentity(_Strict):
+    id: Name
+    site: Name
+    name: str = ""
+    description: str = ""
+
+
+class Location(_Strict):
+    description: str = ""
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+
+
+class Equipment(_Strict):
+    """A machine as its owner thinks of it, described by one device and some of its points."""
+
+    id: Name
+    type: Name
+    name: str = ""
+    make: str = ""
+    model: str = ""
+    owner: str = ""
+    location: Location = Location()
+    device: Name
+    #: Point names of the device's profile; empty means all of them.
+    points: list[Name] = Field(default_factory=list)
+    data_class: DataClass = DataClass.PUBLIC
+
+
+class DropPolicy(enum.StrEnum):
+    """What the store does when full. Either way every reading not kept is counted."""
+
+    DROP_OLDEST = "drop_oldest"  # make room by deleting the oldest readings
+    REJECT_NEW = "reject_new"  # keep what is stored; refuse (and count) new readings
+
+
+class StoreConfig(_Strict):
+    path: str = "millrace.db"
+    max_bytes: ByteSize = 1024**3
+    drop_policy: DropPolicy = DropPolicy.DROP_OLDEST
+    #: Readings older than this leave history once every uplink has them.
+    history_retention: Duration = 7 * 86400.0
+    #: The writer commits when this many readings wait, or after flush_interval.
+    batch_max: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval: Duration = 0.2
+    #: full survives power loss; normal survives a process crash (kill -9) and is faster.
+    synchronous: Literal["full", "normal"] = "full"
+    #: Readings waiting for the writer before intake is refused (and counted) as backpressure.
+    queue_max: int = Field(default=200_000, ge=1000)
+
+
+class TlsFiles(_Strict):
+    cert: str
+    key: str
+
+
+class ApiConfig(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    tls: TlsFiles | None = None
+    history_limit: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class GatewayConfig(_Strict):
+    gateway: GatewayIdentity
+    #: Folders (relative to this file) searched for `<profile>.yaml` before the built-in ones.
+    profile_paths: list[str] = Field(default_factory=lambda: ["profiles"])
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    equipment: list[Equipment] = Field(default_factory=list)
+    store: StoreConfig = StoreConfig()
+    api: ApiConfig = ApiConfig()
+    logging: LoggingConfig = LoggingConfig()
+    #: Free-form secrets for later components, referenced as ${env:..} or ${file:..}.
+    secrets: dict[Name, SecretStr] = Field(default_factory=dict)
