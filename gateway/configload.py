@@ -232,9 +232,7 @@ def _load_profiles(
 # -- pass 3: cross-references ------------------------------------------------------------
 
 
-def _cross_check(
-    data: dict[str, Any], profiles: dict[str, Any], broken: set[str]
-) -> list[str]:
+def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str]) -> list[str]:
     problems: list[str] = []
     devices = list(_items(data.get("devices")))
     equipment = list(_items(data.get("equipment")))

@@ -3,9 +3,9 @@
 ```
 MillraceError
 ├── ConfigError            invalid configuration; carries every problem found (`.problems`)
-├── TransportError         transient: connect refused, timeout, connection reset -> retry with backoff
-├── DeviceError            the device answered, but with a protocol exception -> BAD quality, keep polling
-├── WriteRejected          a write refused before anything was sent (not writable, out of range, bad type)
+├── TransportError         transient (refused, timeout, reset): retry with backoff
+├── DeviceError            the device answered with a protocol exception: BAD quality
+├── WriteRejected          refused before anything was sent (not writable, range)
 ├── StoreError             the local store cannot take or serve data
 └── SinkError              an uplink could not deliver
     ├── SinkRetry          try again later (connection lost, 5xx)

@@ -127,9 +127,7 @@ class PointCodec:
             raise CodecError(f"{self.data_type} needs bit 0..15 (got {self.bit})")
         if not spec.needs_bit and self.bit is not None:
             raise CodecError(f"bit applies only to data type 'bit' (got {self.data_type})")
-        if spec.needs_length and (
-            self.length is None or not 1 <= self.length <= MAX_STRING_LENGTH
-        ):
+        if spec.needs_length and (self.length is None or not 1 <= self.length <= MAX_STRING_LENGTH):
             raise CodecError(
                 f"string needs length 1..{MAX_STRING_LENGTH} characters (got {self.length})"
             )
@@ -242,11 +240,7 @@ def from_engineering(value: Value, codec: PointCodec) -> Value:
         if spec.kind is Kind.FLOAT and codec.is_identity:
             return value
         raise CodecError(f"{dt} cannot hold {value!r} here")
-    raw: float | int
-    if codec.is_identity:
-        raw = value
-    else:
-        raw = (value - codec.offset) / codec.scale
+    raw: float | int = value if codec.is_identity else (value - codec.offset) / codec.scale
     if spec.kind is Kind.FLOAT:
         raw = float(raw)
         if dt is DataType.FLOAT32 and math.isfinite(raw) and abs(raw) > 3.4028234663852886e38:
