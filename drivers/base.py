@@ -1,0 +1,96 @@
+"""The driver interface: small on purpose.
+
+A driver owns one connection (a Modbus TCP endpoint, a serial line, an OPC UA session, a
+broker subscription) and the devices reached through it. Contract:
+
+- `run()` connects, polls or subscribes, and hands every batch of readings to the `emit`
+  callable it was built with. It returns only when cancelled, and heals its own connection
+  (reconnect with capped exponential backoff and jitter) rather than raising. An exception
+  escaping `run()` is a bug or an unrecoverable setup error; the supervisor restarts it.
+- Nothing is emitted after `run()` has returned or been cancelled.
+- `health()` is cheap and callable from the event loop at any time: one `DeviceHealth` per
+  device, updated on transitions (online -> down -> online), not rewritten per poll.
+- A device that is down has its points emitted once as BAD quality with the reason, so
+  the store and API show why values stopped; it never stops the other devices.
+
+Optional abilities are separate protocols: `Writer` (write a point), `Prober` (probe every
+point once for the commissioning report).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from gateway.readings import Batch, Value
+
+Emit = Callable[[Batch], None]
+
+
+class DeviceState(enum.StrEnum):
+    STARTING = "starting"
+    ONLINE = "online"
+    DOWN = "down"
+    DISABLED = "disabled"
+
+
+@dataclass(slots=True)
+class DeviceHealth:
+    """What `/devices` shows for one device."""
+
+    device: str
+    protocol: str
+    endpoint: str
+    state: DeviceState = DeviceState.STARTING
+    last_contact: float | None = None
+    last_error: str | None = None
+    since: float | None = None  # when the current state began
+    points: int = 0  # points configured
+    points_read: int = 0  # values read since start (GOOD or not)
+    polls_ok: int = 0
+    polls_failed: int = 0
+    consecutive_failures: int = 0
+    requests: int = 0
+    reconnects: int = 0
+    overruns: int = 0  # polls that started later than one interval after their due time
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One line of the commissioning report."""
+
+    device: str
+    point: str
+    ok: bool
+    value: Value = None
+    unit: str = ""
+    reason: str = ""
+
+
+@runtime_checkable
+class Driver(Protocol):
+    key: str  # connection key, e.g. tcp://10.0.0.5:502
+
+    async def run(self) -> None: ...
+
+    def health(self) -> list[DeviceHealth]: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Writer(Protocol):
+    async def write(self, device: str, point: str, value: Value) -> None:
+        """Convert and check `value`, then write it. Raises WriteRejected before any I/O
+        when the point is not writable or the value is out of range."""
+        ...
+
+
+@runtime_checkable
+class Prober(Protocol):
+    async def probe(self) -> list[ProbeResult]:
+        """Read every point once, reporting each as OK with its value or FAIL with why."""
+        ...

@@ -1,0 +1,223 @@
+"""The local API (FastAPI). Read-only views for now: health, devices, points, history and
+metrics. It binds to 127.0.0.1 unless the config says otherwise; token roles arrive with the
+security work (issue 8), and until then no endpoint can change anything on a device.
+
+Timestamps are ISO 8601 in UTC with milliseconds; `since`/`until` accept ISO 8601 or epoch
+seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
+
+from gateway import __version__
+from gateway.metrics import render
+from gateway.readings import Quality, Value
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class HealthOut(BaseModel):
+    status: str  # ok | degraded | starting | stopping
+    gateway: str
+    site: str
+    version: str
+    uptime_s: float
+    devices_online: int
+    devices_total: int
+    store_queued: int
+    store_error: str | None
+
+
+class DeviceOut(BaseModel):
+    id: str
+    protocol: str
+    endpoint: str
+    state: str
+    since: str | None
+    last_contact: str | None
+    last_error: str | None
+    points: int
+    points_read: int
+    polls_ok: int
+    polls_failed: int
+    requests: int
+    reconnects: int
+    overruns: int
+
+
+class PointOut(BaseModel):
+    id: str
+    device: str
+    name: str
+    value: Value
+    unit: str
+    quality: str | None
+    reason: str | None
+    ts_source: str | None
+    ts_gateway: str | None
+    data_type: str
+    data_class: str
+    writable: bool
+    equipment: list[str]
+
+
+class HistoryItem(BaseModel):
+    id: int
+    value: Value
+    quality: str
+    reason: str | None
+    ts_source: str | None
+    ts_gateway: str
+
+
+class HistoryOut(BaseModel):
+    point: str
+    unit: str
+    count: int
+    items: list[HistoryItem]
+
+
+def _quality(q: Quality | int | None) -> str | None:
+    return None if q is None else Quality(q).name.lower()
+
+
+def create_app(gw: Gateway) -> FastAPI:
+    app = FastAPI(
+        title="Millrace gateway",
+        version=__version__,
+        description="Local API of a Millrace edge gateway.",
+    )
+    limit_max = gw.config.api.history_limit
+
+    @app.get("/health", response_model=HealthOut)
+    async def health() -> HealthOut:
+        """Liveness and a one-line summary. Devices being down is `degraded`, not a failure:
+        an orchestrator must not restart the gateway because a PLC is switched off."""
+        online, total = gw.online_share()
+        st = gw.store.stats()
+        state = gw.state.value
+        status = "ok" if online == total else "degraded"
+        if state in ("starting", "stopping", "stopped", "created"):
+            status = state
+        return HealthOut(
+            status=status,
+            gateway=gw.config.gateway.id,
+            site=gw.config.gateway.site,
+            version=__version__,
+            uptime_s=round(time.time() - (gw.started_at or time.time()), 3),
+            devices_online=online,
+            devices_total=total,
+            store_queued=st.queued,
+            store_error=st.last_error,
+        )
+
+    @app.get("/devices", response_model=list[DeviceOut])
+    async def devices() -> list[DeviceOut]:
+        return [
+            DeviceOut(
+                id=h.device,
+                protocol=h.protocol,
+                endpoint=h.endpoint,
+                state=str(h.state),
+                since=iso(h.since),
+                last_contact=iso(h.last_contact),
+                last_error=h.last_error,
+                points=h.points,
+                points_read=h.points_read,
+                polls_ok=h.polls_ok,
+                polls_failed=h.polls_failed,
+                requests=h.requests,
+                reconnects=h.reconnects,
+                overruns=h.overruns,
+            )
+            for h in gw.device_health()
+        ]
+
+    def point_out(pid: str) -> PointOut:
+        info = gw.points[pid]
+        r = gw.latest.get(pid)
+        return PointOut(
+            id=pid,
+            device=info.device,
+            name=info.name,
+            value=r.value if r else None,
+            unit=info.unit,
+            quality=_quality(r.quality) if r else None,
+            reason=r.reason if r else None,
+            ts_source=iso(r.ts_source) if r else None,
+            ts_gateway=iso(r.ts_gateway) if r else None,
+            data_type=info.data_type,
+            data_class=str(info.data_class),
+            writable=info.writable,
+            equipment=list(info.equipment),
+        )
+
+    @app.get("/points", response_model=list[PointOut])
+    async def points(
+        device: Annotated[str | None, Query(max_length=64)] = None,
+        equipment: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> list[PointOut]:
+        """Latest value of every configured point (value null until first read)."""
+        ids = [
+            pid
+            for pid, info in gw.points.items()
+            if (device is None or info.device == device)
+            and (equipment is None or equipment in info.equipment)
+        ]
+        return [point_out(pid) for pid in ids]
+
+    @app.get("/points/{point_id}", response_model=PointOut)
+    async def point(point_id: str) -> PointOut:
+        if point_id not in gw.points:
+            raise HTTPException(404, f"no point {point_id!r}")
+        return point_out(point_id)
+
+    @app.get("/points/{point_id}/history", response_model=HistoryOut)
+    async def history(
+        point_id: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=limit_max)] = 1000,
+    ) -> HistoryOut:
+        """Stored readings of one point, oldest first; the newest `limit` of the range."""
+        if point_id not in gw.points:
+            raise HTTPException(404, f"no point {point_id!r}")
+        t0 = since.timestamp() if since else None
+        t1 = until.timestamp() if until else None
+        if t0 is not None and t1 is not None and t0 > t1:
+            raise HTTPException(422, "since is after until")
+        rows = await gw.store.history(point_id, since=t0, until=t1, limit=limit)
+        items = [
+            HistoryItem(
+                id=r.id,
+                value=r.value,
+                quality=_quality(r.quality) or "bad",
+                reason=r.reason,
+                ts_source=iso(r.ts_source),
+                ts_gateway=iso(r.ts_gateway) or "",
+            )
+            for r in rows
+        ]
+        return HistoryOut(
+            point=point_id, unit=gw.points[point_id].unit, count=len(items), items=items
+        )
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(render(gw), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,53 @@
+"""The technician's commissioning report: every device and point read once, OK or FAIL
+with the reason, and the share of devices online. Runs without the store or the API."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from drivers.base import ProbeResult
+from gateway.configload import LoadedConfig
+
+
+async def commissioning_report(loaded: LoadedConfig) -> tuple[str, bool]:
+    from gateway.runtime import Gateway
+
+    gw = Gateway(loaded, api=False)
+    try:
+        results = await gw.probe()
+    finally:
+        for drv in gw.drivers:
+            await drv.close()
+    return format_report(loaded, results), all(r.ok for r in results)
+
+
+def format_report(loaded: LoadedConfig, results: list[ProbeResult]) -> str:
+    by_device: dict[str, list[ProbeResult]] = defaultdict(list)
+    for r in results:
+        by_device[r.device].append(r)
+    enabled = [d for d in loaded.config.devices if d.enabled]
+    online = [d.id for d in enabled if any(r.ok for r in by_device.get(d.id, []))]
+    lines = [f"{'DEVICE':<20} {'POINT':<24} {'RESULT':<6} {'VALUE':>16} {'UNIT':<8} REASON"]
+    for r in results:
+        value = "" if r.value is None else _fmt(r.value)
+        lines.append(
+            f"{r.device:<20} {r.point:<24} {'OK' if r.ok else 'FAIL':<6} {value:>16} "
+            f"{r.unit:<8} {r.reason}"
+        )
+    ok = sum(1 for r in results if r.ok)
+    share = 100.0 * len(online) / len(enabled) if enabled else 100.0
+    lines.append("")
+    lines.append(f"points OK: {ok}/{len(results)}")
+    lines.append(f"devices online: {len(online)}/{len(enabled)} ({share:.0f}%)")
+    for d in enabled:
+        if d.id not in online:
+            first = next((r.reason for r in by_device.get(d.id, []) if r.reason), "no answer")
+            lines.append(f"  {d.id}: {first}")
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 16 else text[:15] + "…"

@@ -1,0 +1,178 @@
+"""`/metrics` in the Prometheus text exposition format (version 0.0.4), rendered on scrape
+from the counters the components already keep: no second bookkeeping, no extra dependency.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from gateway import __version__
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+Labels = dict[str, str]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Exposition:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(
+        self, name: str, kind: str, help_text: str, samples: list[tuple[Labels, float]]
+    ) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            if labels:
+                inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+                self.lines.append(f"{name}{{{inner}}} {_num(value)}")
+            else:
+                self.lines.append(f"{name} {_num(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _num(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if value != value:  # NaN
+        return "NaN"
+    return repr(float(value))
+
+
+def render(gw: Gateway) -> str:
+    out = _Exposition()
+    ident = gw.config.gateway
+    out.family(
+        "millrace_info",
+        "gauge",
+        "Gateway identity and version.",
+        [({"gateway": ident.id, "site": ident.site, "version": __version__}, 1)],
+    )
+    out.family(
+        "millrace_uptime_seconds",
+        "gauge",
+        "Seconds since the gateway started.",
+        [({}, time.time() - (gw.started_at or time.time()))],
+    )
+
+    health = gw.device_health()
+    online, total = gw.online_share()
+    out.family(
+        "millrace_devices_online_ratio",
+        "gauge",
+        "Share of enabled devices that are online.",
+        [({}, online / total if total else 1.0)],
+    )
+    dev = [({"device": h.device, "protocol": h.protocol}, h) for h in health]
+    out.family(
+        "millrace_device_up",
+        "gauge",
+        "1 when the device answers.",
+        [(lb, 1 if h.state == "online" else 0) for lb, h in dev],
+    )
+    out.family(
+        "millrace_device_polls_total",
+        "counter",
+        "Polls by result.",
+        [({**lb, "result": "ok"}, h.polls_ok) for lb, h in dev]
+        + [({**lb, "result": "failed"}, h.polls_failed) for lb, h in dev],
+    )
+    out.family(
+        "millrace_device_requests_total",
+        "counter",
+        "Protocol requests sent.",
+        [(lb, h.requests) for lb, h in dev],
+    )
+    out.family(
+        "millrace_device_points_read_total",
+        "counter",
+        "Readings produced (any quality).",
+        [(lb, h.points_read) for lb, h in dev],
+    )
+    out.family(
+        "millrace_device_poll_overruns_total",
+        "counter",
+        "Polls that started more than one interval late.",
+        [(lb, h.overruns) for lb, h in dev],
+    )
+    out.family(
+        "millrace_device_reconnects_total",
+        "counter",
+        "Connection re-establishments.",
+        [(lb, h.reconnects) for lb, h in dev],
+    )
+
+    out.family(
+        "millrace_bus_batches_total", "counter", "Batches published.", [({}, gw.bus.batches)]
+    )
+    out.family(
+        "millrace_bus_readings_total", "counter", "Readings published.", [({}, gw.bus.readings)]
+    )
+    out.family(
+        "millrace_bus_sink_errors_total",
+        "counter",
+        "Exceptions raised by bus subscribers.",
+        [({"sink": k}, v) for k, v in gw.bus.sink_errors().items()],
+    )
+
+    st = gw.store.stats()
+    out.family(
+        "millrace_store_submitted_total",
+        "counter",
+        "Readings handed to the store.",
+        [({}, st.submitted)],
+    )
+    out.family(
+        "millrace_store_committed_total",
+        "counter",
+        "Readings committed to disk.",
+        [({}, st.committed)],
+    )
+    out.family(
+        "millrace_store_queued", "gauge", "Readings waiting for the writer.", [({}, st.queued)]
+    )
+    out.family("millrace_store_commits_total", "counter", "Transactions.", [({}, st.commits)])
+    out.family(
+        "millrace_store_rows", "gauge", "Readings held (outbox and history).", [({}, st.rows)]
+    )
+    out.family("millrace_store_bytes_used", "gauge", "Bytes in use.", [({}, st.bytes_used)])
+    out.family("millrace_store_max_bytes", "gauge", "Configured size cap.", [({}, st.max_bytes)])
+    out.family(
+        "millrace_store_dropped_total",
+        "counter",
+        "Readings not kept, by reason. Every loss is here.",
+        [({"reason": k}, v) for k, v in sorted(st.dropped.items())],
+    )
+    out.family(
+        "millrace_store_trimmed_total",
+        "counter",
+        "Readings removed from history after every uplink had them (not a loss).",
+        [({}, st.trimmed)],
+    )
+    p50, p99 = gw.store.commit_latency.quantiles(0.5, 0.99)
+    out.family(
+        "millrace_store_commit_latency_seconds",
+        "gauge",
+        "From a reading's arrival at the gateway to its commit (recent window).",
+        [
+            ({"quantile": q}, v if v is not None else float("nan"))
+            for q, v in (("0.5", p50), ("0.99", p99))
+        ],
+    )
+    out.family(
+        "millrace_component_restarts_total",
+        "counter",
+        "Restarts of supervised components after a failure.",
+        [({"component": s.name}, s.restarts) for s in gw.supervisor.status()],
+    )
+    return out.text()

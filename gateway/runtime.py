@@ -1,0 +1,275 @@
+"""The running gateway: config in, supervised components, ordered shutdown out.
+
+Start-up: open the store (recovering after a crash), seed the latest-value cache from it,
+subscribe the store and the cache to the bus, start one driver per connection and the
+local API, all under the supervisor.
+
+Shutdown, in this order, each step with its own timeout; a failing step is recorded and the
+next one still runs (documented in docs/architecture.md):
+
+  1. stop intake      cancel the drivers' poll loops (nothing is emitted after this)
+  2. drain the bus    wait for queue subscribers to finish what they were given
+  3. flush the store  everything accepted is committed to disk
+  4. close uplinks    (none yet: issue 5)
+  5. close drivers    close device connections
+  6. stop the API
+  7. close the store
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.base import DeviceHealth, Driver, Prober, ProbeResult, Writer
+from drivers.registry import build_drivers
+from gateway import __version__
+from gateway.bus import Bus
+from gateway.configload import LoadedConfig
+from gateway.errors import MillraceError, WriteRejected
+from gateway.latest import LatestCache
+from gateway.readings import Reading, Value
+from gateway.store import Store
+from gateway.supervisor import Supervisor
+from gateway.types import DataClass
+
+log = logging.getLogger("millrace.gateway")
+
+
+class GatewayState(enum.StrEnum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class PointInfo:
+    """What the API says about a point besides its value."""
+
+    id: str
+    device: str
+    name: str
+    unit: str
+    data_type: str
+    data_class: DataClass
+    writable: bool
+    equipment: tuple[str, ...]
+    description: str
+
+
+class Gateway:
+    def __init__(self, loaded: LoadedConfig, *, api: bool | None = None) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.bus = Bus()
+        self.latest = LatestCache()
+        self.store = Store(loaded.store_path(), self.config.store)
+        self.supervisor = Supervisor()
+        self.state = GatewayState.CREATED
+        self.started_at: float | None = None
+        self._api_enabled = self.config.api.enabled if api is None else api
+        self._api_server: Any = None
+        self._api_socket: socket.socket | None = None
+        self.api_port: int | None = None
+        self.points = _point_index(loaded)
+        units = [(d, loaded.profile_for(d)) for d in self.config.devices]
+        self.drivers: list[Driver] = build_drivers(units, self.bus.publish)
+        self._driver_of: dict[str, Driver] = {
+            dev: drv for drv in self.drivers for dev in getattr(drv, "devices", [])
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.state is not GatewayState.CREATED:
+            raise RuntimeError(f"gateway cannot start from state {self.state}")
+        self.state = GatewayState.STARTING
+        self.started_at = time.time()
+        if self._api_enabled:
+            self._api_socket = _bind(self.config.api.host, self.config.api.port)
+            self.api_port = self._api_socket.getsockname()[1]
+        await self.store.open()
+        self.latest.seed(
+            Reading(r.point, r.value, r.quality, r.ts_gateway, r.ts_source, r.reason)
+            for r in await self.store.latest()
+        )
+        self.bus.subscribe("store", self.store.submit)
+        self.bus.subscribe("latest", self.latest.update)
+        for drv in self.drivers:
+            self.supervisor.add(f"driver:{drv.key}", drv.run, group="drivers")
+        if self._api_socket is not None:
+            self._start_api(self._api_socket)
+        self.state = GatewayState.RUNNING
+        log.info(
+            "gateway started",
+            extra={
+                "gateway": self.config.gateway.id,
+                "site": self.config.gateway.site,
+                "version": __version__,
+                "devices": len(self.config.devices),
+                "connections": len(self.drivers),
+                "api": self.api_url,
+            },
+        )
+
+    async def stop(self, *, step_timeout: float = 10.0) -> list[str]:
+        """Shut down in the documented order; return the problems met (empty when clean)."""
+        if self.state in (GatewayState.STOPPING, GatewayState.STOPPED):
+            return []
+        self.state = GatewayState.STOPPING
+        problems: list[str] = []
+        t0 = time.monotonic()
+
+        problems += await self.supervisor.stop(self.supervisor.names("drivers"), step_timeout)
+        if not await self.bus.drain(step_timeout):
+            problems.append(f"bus: queues not drained within {step_timeout}s")
+        try:
+            await self.store.flush(step_timeout)
+        except Exception as exc:
+            problems.append(f"store flush: {exc}")
+        for drv in self.drivers:
+            try:
+                await asyncio.wait_for(drv.close(), step_timeout)
+            except Exception as exc:
+                problems.append(f"driver {drv.key} close: {exc}")
+        if self._api_server is not None:
+            self._api_server.should_exit = True
+        problems += await self.supervisor.stop_all(step_timeout)
+        if self._api_socket is not None:
+            with contextlib.suppress(OSError):
+                self._api_socket.close()
+        try:
+            await self.store.close(step_timeout)
+        except Exception as exc:
+            problems.append(f"store close: {exc}")
+        self.state = GatewayState.STOPPED
+        log.info(
+            "gateway stopped",
+            extra={"seconds": round(time.monotonic() - t0, 3), "problems": len(problems)},
+        )
+        for p in problems:
+            log.error("shutdown problem", extra={"problem": p})
+        return problems
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def api_url(self) -> str | None:
+        if self.api_port is None:
+            return None
+        scheme = "https" if self.config.api.tls else "http"
+        host = self.config.api.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{shown}:{self.api_port}"
+
+    # -- queries and commands ------------------------------------------------------------
+
+    def device_health(self) -> list[DeviceHealth]:
+        return [h for drv in self.drivers for h in drv.health()]
+
+    def online_share(self) -> tuple[int, int]:
+        health = [h for h in self.device_health() if h.state != "disabled"]
+        return sum(1 for h in health if h.state == "online"), len(health)
+
+    async def write_point(self, point_id: str, value: Value) -> None:
+        info = self.points.get(point_id)
+        if info is None:
+            raise WriteRejected(f"point {point_id}: no such point")
+        driver = self._driver_of.get(info.device)
+        if not isinstance(driver, Writer):
+            raise WriteRejected(f"point {point_id}: its driver cannot write")
+        await driver.write(info.device, info.name, value)
+
+    async def probe(self) -> list[ProbeResult]:
+        """Read every point once (the commissioning check); drivers run one after another."""
+        results: list[ProbeResult] = []
+        for drv in self.drivers:
+            if isinstance(drv, Prober):
+                results += await drv.probe()
+        return results
+
+    # -- API -----------------------------------------------------------------------------
+
+    def _start_api(self, sock: socket.socket) -> None:
+        import uvicorn
+
+        from gateway.api import create_app
+
+        class _EmbeddedServer(uvicorn.Server):
+            """uvicorn without its own signal handling: the gateway owns SIGINT/SIGTERM and
+            stops the API in its place in the shutdown order."""
+
+            @contextlib.contextmanager
+            def capture_signals(self):  # type: ignore[override]
+                yield
+
+        tls = self.config.api.tls
+        cfg = uvicorn.Config(
+            create_app(self),
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            ssl_certfile=tls.cert if tls else None,
+            ssl_keyfile=tls.key if tls else None,
+        )
+        server = _EmbeddedServer(cfg)
+        self._api_server = server
+
+        async def serve() -> None:
+            await server.serve(sockets=[sock])
+
+        self.supervisor.add("api", serve, group="api")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise MillraceError(f"api: cannot listen on {host}:{port} ({exc.strerror})") from exc
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _point_index(loaded: LoadedConfig) -> dict[str, PointInfo]:
+    equipment_of: dict[tuple[str, str], list[str]] = {}
+    for eq in loaded.config.equipment:
+        profile = loaded.profiles[
+            next(d.profile for d in loaded.config.devices if d.id == eq.device)
+        ]
+        names = eq.points or [p.name for p in profile.points]
+        for name in names:
+            equipment_of.setdefault((eq.device, name), []).append(eq.id)
+    index: dict[str, PointInfo] = {}
+    for device in loaded.config.devices:
+        for p in loaded.profile_for(device).points:
+            pid = f"{device.id}.{p.name}"
+            index[pid] = PointInfo(
+                id=pid,
+                device=device.id,
+                name=p.name,
+                unit=p.unit,
+                data_type=str(p.data_type),
+                data_class=p.data_class,
+                writable=p.writable,
+                equipment=tuple(equipment_of.get((device.id, p.name), ())),
+                description=p.description,
+            )
+    return index
