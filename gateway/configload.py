@@ -163,24 +163,39 @@ def _format_errors(
 ) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
-        loc = _strip_tags((*prefix, *err["loc"]))
-        dotted = _dotted(loc)
+        loc = (*prefix, *_strip_tags(tuple(err["loc"])))
         message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        value = err.get("input")
+        if err["type"] == "union_tag_invalid":
+            field = str(err["ctx"]["discriminator"]).strip("'")
+            loc = (*loc, field)
+            value = err["ctx"]["tag"]
+            message = f"unknown {field}; expected one of {err['ctx']['expected_tags']}"
+        dotted = _dotted(loc)
+        own = _OWN_GOT.match(message)
         if err["type"] == "missing":
             got = "nothing"
         elif dotted in secret_paths:
             got = "***"
+        elif own:  # the validator named the offending value itself
+            message, got = own.group(1), own.group(2)
+        elif isinstance(value, dict):  # a whole-object check: name the object, not its dump
+            got = _show(value.get("name", value.get("id", value)))
         else:
-            got = _show(err.get("input"))
+            got = _show(value)
         lines.append(f"{dotted}: {message} (got {got})")
     return lines
 
 
+_OWN_GOT = re.compile(r"^(.*) \(got (.*)\)$", re.S)
+
+
 def _strip_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop the union tag pydantic inserts after a list index (`devices.0.modbus-tcp.port`)."""
+    """Drop the union tag pydantic inserts at the root or after a list index
+    (`devices.0.modbus-tcp.port` -> `devices.0.port`)."""
     out: list[Any] = []
     for i, seg in enumerate(loc):
-        if i > 0 and isinstance(loc[i - 1], int) and seg in _TAG_SEGMENTS:
+        if seg in _TAG_SEGMENTS and (i == 0 or isinstance(loc[i - 1], int)):
             continue
         out.append(seg)
     return tuple(out)
@@ -212,6 +227,8 @@ def _load_profiles(
             problems.append(f"{_dotted(where)}: cannot load {file}: {exc}")
             broken.add(name)
             continue
+        if isinstance(raw, dict):
+            raw.setdefault("protocol", "modbus")  # the first protocol; older files omit it
         try:
             profile = _profile_adapter.validate_python(raw)
         except ValidationError as exc:

@@ -240,13 +240,18 @@ def from_engineering(value: Value, codec: PointCodec) -> Value:
         if spec.kind is Kind.FLOAT and codec.is_identity:
             return value
         raise CodecError(f"{dt} cannot hold {value!r} here")
-    raw: float | int = value if codec.is_identity else (value - codec.offset) / codec.scale
-    if spec.kind is Kind.FLOAT:
-        raw = float(raw)
-        if dt is DataType.FLOAT32 and math.isfinite(raw) and abs(raw) > 3.4028234663852886e38:
-            raise CodecError(f"{value!r} is out of range for float32")
-        return raw
-    raw_int = raw if isinstance(raw, int) else round(raw)
+    try:  # a huge int, or scaling past the float range, must not leak OverflowError or inf
+        raw: float | int = value if codec.is_identity else (value - codec.offset) / codec.scale
+        if spec.kind is Kind.FLOAT:
+            raw = float(raw)
+            if not math.isfinite(raw) or (
+                dt is DataType.FLOAT32 and abs(raw) > 3.4028234663852886e38
+            ):
+                raise CodecError(f"{value!r} is out of range for {dt}")
+            return raw
+        raw_int = raw if isinstance(raw, int) else round(raw)
+    except OverflowError:
+        raise CodecError(f"{value!r} is out of range for {dt}") from None
     assert spec.minimum is not None and spec.maximum is not None
     if not spec.minimum <= raw_int <= spec.maximum:
         raise CodecError(
@@ -268,8 +273,8 @@ def encode_raw(raw: Value, codec: PointCodec) -> list[int]:
         assert isinstance(raw, str)
         data = raw.encode("utf-8").ljust(codec.registers * 2, b"\x00")
         return _from_bytes(data, codec.order, words=False)
-    if dt is DataType.BOOL:
-        return [1 if raw else 0]
+    if dt is DataType.BOOL:  # a 16-bit 0 or 1, byte-ordered like uint16
+        return _from_bytes(struct.pack(">H", 1 if raw else 0), codec.order)
     if dt is DataType.BIT:
         raise CodecError("a bit point is written with set_bit on the current register")
     data = struct.pack(">" + spec.struct_char, raw)

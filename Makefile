@@ -1,0 +1,56 @@
+# Millrace: two commands matter. `make demo` runs the gateway on embedded defaults;
+# `make test` installs what the tests need (Python packages and socat) and runs them.
+# Both create ./.venv on first use with the python3 on PATH (3.11 or newer).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test bench lint fmt clean system-deps venv
+
+$(VENV)/.created:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Millrace needs Python 3.11 or newer, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	@touch $@
+
+$(VENV)/.runtime: $(VENV)/.created pyproject.toml
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime pyproject.toml
+	$(PIP) install -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.dev
+
+## demo: simulators + gateway + local API on http://127.0.0.1:8080 (Ctrl-C stops)
+demo: $(VENV)/.runtime
+	$(VENV)/bin/millrace demo
+
+## test: install test dependencies (Python packages, socat) and run the whole suite
+test: $(VENV)/.dev system-deps
+	$(PY) -m pytest -q -p no:cacheprovider
+
+## bench: Modbus workload benchmark; prints a table (BENCH_JSON=file also writes JSON)
+bench: $(VENV)/.dev
+	$(PY) -m tests.bench.run
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(VENV)/.dev
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# socat makes the pseudo-terminal pair the Modbus RTU tests run over.
+system-deps:
+	@command -v socat >/dev/null 2>&1 || { \
+	  echo "installing socat (Modbus RTU tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq socat >/dev/null; }
+
+clean:
+	rm -rf $(VENV) .millrace-demo .pytest_cache .ruff_cache .hypothesis

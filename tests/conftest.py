@@ -1,0 +1,58 @@
+"""Shared fixtures. Every test runs under two leak checks (STYLE 13): no asyncio task may
+outlive an async test, and no non-daemon thread may outlive any test."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 3.0
+    while True:
+        leaked = [
+            t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"
+
+
+@pytest_asyncio.fixture
+async def _no_leaked_tasks() -> AsyncIterator[None]:
+    yield
+    me = asyncio.current_task()
+    deadline = time.monotonic() + 2.0
+    while True:
+        others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if not others or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    names = [t.get_name() + ":" + repr(t.get_coro()) for t in others]
+    for t in others:
+        t.cancel()
+    assert not others, f"test leaked asyncio tasks: {names}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fn = getattr(item, "obj", None)
+        if fn is not None and inspect.iscoroutinefunction(fn):
+            item.fixturenames.insert(0, "_no_leaked_tasks")  # type: ignore[attr-defined]
