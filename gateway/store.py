@@ -1,0 +1,1142 @@
+"""The gateway's durable store: outbox, latest values and history in one SQLite file (WAL).
+
+Why it looks like this:
+
+* **One writer thread owns every write.** SQLite allows one writer at a time; funnelling the
+  readings, the uplinks' acks, consumer registrations and housekeeping through one thread
+  with one connection means no write ever waits on another inside SQLite, and the event loop
+  never does disk I/O. `submit` only appends to an in-memory queue.
+* **Batches become transactions.** The writer waits for the first batch, lingers up to
+  `flush_interval` (or until `batch_max` readings wait) and writes everything gathered in one
+  transaction: one `executemany` into `readings`, one upsert into `latest` with the last
+  reading per point. Fsync cost is paid per transaction, not per reading.
+* **One table is both outbox and history.** A reading's id (assigned here, in submission
+  order, never reused thanks to AUTOINCREMENT) is the outbox position: each uplink keeps a
+  cursor (the highest id the far side confirmed) and reads `id > cursor`. The same rows serve
+  `history()`. Rows leave only through the size cap or retention, and each one that leaves is
+  counted: `trimmed` when every uplink already had it, `dropped["oldest_unsent"]` when not.
+* **Reads run on other connections in worker threads.** WAL lets readers see the last commit
+  while the writer works; readers never block the writer or the loop.
+
+Contract: a reading whose transaction committed survives `kill -9` (and power loss with
+`synchronous: full`); `flush()` returns once everything submitted before it is committed;
+`close()` flushes. Nothing accepted is dropped silently: refused, deleted-unsent and invalid
+readings are all in `StoreStats.dropped`, persisted in the `counters` table.
+
+Acks, registrations and counters are written by the writer thread too; `ack()` returns once its
+cursor is committed, so an uplink never re-reads what it acked, even after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.config import DropPolicy, StoreConfig
+from gateway.errors import StoreError
+from gateway.readings import Batch, Quality, Value
+from gateway.stats import LatencyWindow
+
+log = logging.getLogger("millrace.store")
+
+SCHEMA_VERSION = 1
+
+#: Reasons a reading can be counted as dropped (the first three are the documented policy).
+DROP_REASONS = ("queue_full", "store_full", "oldest_unsent")
+
+# `kind` column: the Python type of the value, so that it comes back exactly as it went in
+# (SQLite has no bool and turns NaN into NULL).
+_K_NONE, _K_BOOL, _K_INT, _K_FLOAT, _K_STR = range(5)
+_KINDS: dict[type, int] = {
+    type(None): _K_NONE,
+    bool: _K_BOOL,
+    int: _K_INT,
+    float: _K_FLOAT,
+    str: _K_STR,
+}
+_NAN = float("nan")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_QUALITY_OF: dict[int, Quality] = {int(q): q for q in Quality}
+# Plain ints bind straight into SQLite; an IntEnum goes through the adapter lookup first.
+_QUALITY_INT: dict[Any, int] = {q: int(q) for q in Quality} | {int(q): int(q) for q in Quality}
+_TS = attrgetter("ts_gateway")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS points(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS readings(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    point INTEGER NOT NULL,
+    ts_gateway REAL NOT NULL,
+    ts_source REAL,
+    quality INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    value,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS readings_point_ts ON readings(point, ts_gateway);
+CREATE TABLE IF NOT EXISTS latest(
+    point INTEGER PRIMARY KEY,
+    reading_id INTEGER NOT NULL,
+    ts_gateway REAL NOT NULL,
+    ts_source REAL,
+    quality INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    value,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS consumers(name TEXT PRIMARY KEY, cursor INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+# Row tuples are (id, point, ts_gateway, ts_source, quality, kind, value, reason) for both
+# statements, so the upsert reuses the tuples built for the insert.
+_INSERT_READINGS = (
+    "INSERT INTO readings(id, point, ts_gateway, ts_source, quality, kind, value, reason)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_LATEST = (
+    "INSERT INTO latest(reading_id, point, ts_gateway, ts_source, quality, kind, value, reason)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(point) DO UPDATE SET"
+    " reading_id = excluded.reading_id, ts_gateway = excluded.ts_gateway,"
+    " ts_source = excluded.ts_source, quality = excluded.quality, kind = excluded.kind,"
+    " value = excluded.value, reason = excluded.reason"
+)
+_UPSERT_COUNTER = (
+    "INSERT INTO counters(name, value) VALUES (?, ?)"
+    " ON CONFLICT(name) DO UPDATE SET value = excluded.value"
+)
+_REGISTER = "INSERT INTO consumers(name, cursor) VALUES (?, ?) ON CONFLICT(name) DO NOTHING"
+_ACK = "UPDATE consumers SET cursor = max(cursor, ?) WHERE name = ?"
+
+_COLS = "r.id, p.name, r.kind, r.value, r.quality, r.ts_gateway, r.ts_source, r.reason"
+_SELECT_PENDING = (
+    f"SELECT {_COLS} FROM readings r JOIN points p ON p.id = r.point"
+    " WHERE r.id > ? ORDER BY r.id LIMIT ?"
+)
+_SELECT_HISTORY = (
+    f"SELECT {_COLS} FROM readings r JOIN points p ON p.id = r.point"
+    " WHERE r.point = (SELECT id FROM points WHERE name = ?)"
+    " AND r.ts_gateway >= ? AND r.ts_gateway < ?"
+    " ORDER BY r.ts_gateway DESC, r.id DESC LIMIT ?"
+)
+_LATEST_COLS = (
+    "l.reading_id, p.name, l.kind, l.value, l.quality, l.ts_gateway, l.ts_source, l.reason"
+)
+_SELECT_LATEST = f"SELECT {_LATEST_COLS} FROM latest l JOIN points p ON p.id = l.point"
+
+#: Readings deleted per retention transaction: bounds how long intake waits behind it.
+_RETENTION_CHUNK = 10_000
+#: Drop-oldest / trim deletes stop at this share of the cap, so the cap is not hit again at once.
+_CAP_TARGET = 0.9
+_SQL_VARS = 500
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading as it came back from disk; `id` is its stable outbox id (de-dup key upstream)."""
+
+    id: int
+    point: str
+    value: Value
+    quality: Quality
+    ts_gateway: float
+    ts_source: float | None
+    reason: str | None
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """A snapshot of the store's counters, cheap enough for every /metrics scrape.
+
+    `submitted`, `committed` and `commits` count since this process opened the store;
+    `dropped` and `trimmed` are persistent totals over the file's life.
+    """
+
+    #: Readings accepted by `submit` (refused ones are in `dropped`).
+    submitted: int = 0
+    #: Readings committed to disk.
+    committed: int = 0
+    #: Readings accepted but not committed yet (queued or in the writer's open transaction).
+    queued: int = 0
+    #: Transactions that wrote readings.
+    commits: int = 0
+    #: Readings held in the file (outbox and history), kept up to date incrementally.
+    rows: int = 0
+    bytes_used: int = 0
+    max_bytes: int = 0
+    #: Readings not kept, by reason: queue_full, store_full, oldest_unsent (and invalid,
+    #: close_timeout in the rare cases described on `Store`).
+    dropped: dict[str, int] = field(default_factory=dict)
+    #: Readings removed after every consumer had them (retention or cap): not a loss.
+    trimmed: int = 0
+    #: Highest committed reading id.
+    last_id: int = 0
+    #: Committed cursor of every registered consumer.
+    consumers: dict[str, int] = field(default_factory=dict)
+    #: The writer's current failure, None while it commits fine.
+    last_error: str | None = None
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Slow(Exception):
+    """The fast row path met something it cannot bind: redo the group value by value."""
+
+
+_WAIT_BATCHES, _WAIT_OPS = 0, 1
+
+
+class Store:
+    """Durable outbox + latest + history. See the module docstring for the design.
+
+    Lifecycle: `open()` → `submit()`/reads/acks → `close()`. Using it before `open()` or after
+    `close()` began raises `StoreError`. `submit` keeps a reference to the batch: do not
+    mutate a batch after handing it over.
+
+    Values of types other than None/bool/int/float/str are stored through their `.item()`
+    (numpy scalars) or `str()`; ints outside 64 bits are kept as text and come back as int.
+    A reading that cannot be stored at all (no usable point name or timestamp) is counted as
+    `dropped["invalid"]`. If `close()` times out while commits keep failing, what is still in
+    memory is counted as `dropped["close_timeout"]` (in memory and in the log only: the file
+    cannot take it).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        config: StoreConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.config = config
+        self._clock = clock
+        self.commit_latency = LatencyWindow()
+
+        # Tunables that tests shorten; not configuration (the defaults suit every box).
+        self._busy_timeout_ms = 5000
+        self._housekeeping_interval = 1.0
+        self._max_backoff = 5.0
+
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._abort = threading.Event()
+        self._state = _State.NEW
+        self._closed = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._readers: list[sqlite3.Connection] = []
+
+        # Intake, guarded by _lock.
+        self._queue: deque[Batch] = deque()
+        self._waiting = 0  # readings in _queue
+        self._inflight = 0  # readings taken by the writer, not committed yet
+        self._batches_enqueued = 0
+        self._batches_committed = 0
+        self._acks_pending: dict[str, int] = {}
+        self._regs_pending: dict[str, int] = {}
+        self._ops_enqueued = 0
+        self._ops_committed = 0
+        self._waiters: list[tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._stopping = False
+        self._refusing: str | None = None
+
+        # State mirrored from disk (written by the writer, read anywhere).
+        self._last_id = 0
+        self._point_ids: dict[str, int] = {}
+        self._cursors: dict[str, int] = {}
+        self._dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._trimmed = 0
+        self._counters_version = 0
+        self._counters_written = 0
+        self._counters_pending: int | None = None
+        self._rows = 0
+        self._bytes_used = 0
+        self._page_size = 4096
+        self._over_cap = False
+        self._submitted = 0
+        self._committed = 0
+        self._commits = 0
+        self._last_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or recover the file and start the writer.
+
+        Recovery is SQLite's: WAL frames of committed transactions are replayed on the first
+        connection; ids continue after the highest committed id (sqlite_sequence).
+        """
+        with self._lock:
+            if self._state is not _State.NEW:
+                raise StoreError(f"store {self.path}: open() in state {self._state.value}")
+            self._state = _State.OPENING
+        ready: Future[None] = Future()
+        self._writer = threading.Thread(
+            target=self._writer_main, args=(ready,), name="millrace-store-writer", daemon=True
+        )
+        self._writer.start()
+        try:
+            await asyncio.wrap_future(ready)
+        except BaseException:
+            await asyncio.to_thread(self._writer.join)
+            with self._lock:
+                self._writer = None
+                self._state = _State.NEW
+            raise
+        with self._lock:
+            self._state = _State.OPEN
+        log.info(
+            "store opened",
+            extra={
+                "store_path": str(self.path),
+                "last_id": self._last_id,
+                "rows": self._rows,
+                "bytes_used": self._bytes_used,
+                "consumers": len(self._cursors),
+            },
+        )
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Flush, stop the writer, close every connection. Idempotent.
+
+        If commits keep failing for `timeout` seconds, the writer is told to give up; what it
+        still held is logged and counted as `dropped["close_timeout"]`.
+        """
+        with self._lock:
+            state = self._state
+            if state in (_State.NEW, _State.CLOSED):
+                self._state = _State.CLOSED
+                self._closed.set()
+                return
+            if state is _State.OPEN:
+                self._state = _State.CLOSING
+                self._stopping = True
+                self._cond.notify_all()
+        if state is not _State.OPEN:  # another close() is at work: wait for it
+            await asyncio.to_thread(self._closed.wait, timeout)
+            return
+        writer = self._writer
+        assert writer is not None
+        await asyncio.to_thread(writer.join, timeout)
+        if writer.is_alive():
+            self._abort.set()
+            with self._lock:
+                self._cond.notify_all()
+            await asyncio.to_thread(writer.join, max(1.0, self._busy_timeout_ms / 1000 + 1))
+        with self._lock:
+            self._state = _State.CLOSED
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        self._closed.set()
+        log.info("store closed", extra={"store_path": str(self.path), "last_id": self._last_id})
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def submit(self, batch: Batch) -> bool:
+        """Hand a batch to the writer. Never blocks and never touches the disk.
+
+        Returns False when refused: the writer is `queue_max` readings behind ("queue_full")
+        or, with `reject_new`, the file is over its cap ("store_full"); every reading of the
+        batch is then counted under that reason.
+        """
+        n = len(batch)
+        with self._lock:
+            if self._state is not _State.OPEN:
+                raise StoreError(f"store {self.path}: submit() in state {self._state.value}")
+            if not n:
+                return True
+            if self._over_cap and self.config.drop_policy is DropPolicy.REJECT_NEW:
+                reason = "store_full"
+            elif (held := self._waiting + self._inflight) and held + n > self.config.queue_max:
+                reason = "queue_full"
+            else:
+                self._queue.append(batch)
+                self._waiting += n
+                self._submitted += n
+                self._batches_enqueued += 1
+                if len(self._queue) == 1 or self._waiting >= self.config.batch_max:
+                    self._cond.notify()
+                if self._refusing is not None:
+                    self._refusing = None
+                    log.info("store accepts readings again", extra={"store_path": str(self.path)})
+                return True
+            self._dropped[reason] = self._dropped.get(reason, 0) + n
+            self._counters_version += 1
+            first = self._refusing != reason
+            self._refusing = reason
+        if first:
+            log.warning(
+                "store refuses readings",
+                extra={"store_path": str(self.path), "reason": reason, "readings": n},
+            )
+        return False
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything submitted before this call is committed.
+
+        Raises TimeoutError after `timeout` seconds (the readings stay queued and the writer
+        keeps retrying), StoreError if the store was never opened or the writer has stopped.
+        """
+        with self._lock:
+            if self._state in (_State.NEW, _State.OPENING):
+                raise StoreError(f"store {self.path}: flush() before open()")
+            fut = self._add_waiter(_WAIT_BATCHES, self._batches_enqueued)
+        if fut is not None:
+            await asyncio.wait_for(fut, timeout)
+
+    # -- consumers (uplinks) ---------------------------------------------------------------
+
+    def register_consumer(self, name: str) -> None:
+        """Give an uplink a cursor. A new one starts at the current end (it gets only readings
+        committed from now on); a known one keeps its persisted cursor."""
+        if not isinstance(name, str) or not name:
+            raise StoreError(f"store {self.path}: consumer name must be a non-empty string")
+        with self._lock:
+            if self._state is not _State.OPEN:
+                raise StoreError(f"store {self.path}: register_consumer() before open()")
+            if name in self._cursors:
+                return
+            self._cursors[name] = self._last_id
+            self._regs_pending[name] = self._last_id
+            self._ops_enqueued += 1
+            self._cond.notify()
+        log.info(
+            "store consumer registered",
+            extra={"store_path": str(self.path), "consumer": name, "cursor": self._last_id},
+        )
+
+    async def pending(self, consumer: str, limit: int) -> list[StoredReading]:
+        """Up to `limit` readings the consumer has not acked, ascending id."""
+        cursor = self._cursor(consumer)
+        if limit <= 0:
+            return []
+        rows = await self._read(_fetch, _SELECT_PENDING, (cursor, limit))
+        return _decode_rows(rows)
+
+    async def ack(self, consumer: str, upto: int) -> None:
+        """Mark readings up to `upto` delivered; returns once the cursor is committed.
+
+        Cursors only move forward, and never past the highest committed id.
+        """
+        with self._lock:
+            if consumer not in self._cursors:
+                raise StoreError(f"store {self.path}: unknown consumer {consumer!r}")
+            if self._state is not _State.OPEN:
+                raise StoreError(f"store {self.path}: ack() in state {self._state.value}")
+            upto = min(int(upto), self._last_id)
+            if upto <= self._cursors[consumer] and consumer not in self._acks_pending:
+                return
+            self._acks_pending[consumer] = max(self._acks_pending.get(consumer, upto), upto)
+            self._ops_enqueued += 1
+            fut = self._add_waiter(_WAIT_OPS, self._ops_enqueued)
+        if fut is not None:
+            await fut
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def latest(self, points: Sequence[str] | None = None) -> list[StoredReading]:
+        """The last stored reading of each point (all points, by name, when `points` is None;
+        otherwise in the order asked, skipping points never stored)."""
+        if points is None:
+            rows = await self._read(_fetch, _SELECT_LATEST + " ORDER BY p.name", ())
+            return _decode_rows(rows)
+        wanted = list(dict.fromkeys(points))
+        found = {r.point: r for r in _decode_rows(await self._read(_fetch_latest, wanted))}
+        return [found[p] for p in wanted if p in found]
+
+    async def history(
+        self,
+        point: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[StoredReading]:
+        """Readings of `point` with since <= ts_gateway < until, ascending by ts_gateway then id;
+        the newest `limit` of them when more match."""
+        if limit <= 0:
+            return []
+        lo = -math.inf if since is None else float(since)
+        hi = math.inf if until is None else float(until)
+        rows = await self._read(_fetch, _SELECT_HISTORY, (point, lo, hi, limit))
+        rows.reverse()
+        return _decode_rows(rows)
+
+    async def points(self) -> list[str]:
+        """Names of every point ever stored, sorted."""
+        rows = await self._read(_fetch, "SELECT name FROM points ORDER BY name", ())
+        return [r[0] for r in rows]
+
+    def stats(self) -> StoreStats:
+        """A consistent snapshot of the counters; no I/O."""
+        with self._lock:
+            return StoreStats(
+                submitted=self._submitted,
+                committed=self._committed,
+                queued=self._waiting + self._inflight,
+                commits=self._commits,
+                rows=self._rows,
+                bytes_used=self._bytes_used,
+                max_bytes=self.config.max_bytes,
+                dropped=dict(self._dropped),
+                trimmed=self._trimmed,
+                last_id=self._last_id,
+                consumers=dict(self._cursors),
+                last_error=self._last_error,
+            )
+
+    # -- loop-side helpers -----------------------------------------------------------------
+
+    def _add_waiter(self, kind: int, target: int) -> asyncio.Future[None] | None:
+        """Register a future the writer resolves once `target` is committed (lock held)."""
+        done = self._batches_committed if kind == _WAIT_BATCHES else self._ops_committed
+        if done >= target:
+            return None
+        if self._writer is None or not self._writer.is_alive():
+            raise StoreError(f"store {self.path}: the writer has stopped")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append((kind, target, loop, fut))
+        self._cond.notify()
+        return fut
+
+    def _cursor(self, consumer: str) -> int:
+        with self._lock:
+            try:
+                return self._cursors[consumer]
+            except KeyError:
+                raise StoreError(f"store {self.path}: unknown consumer {consumer!r}") from None
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._state is not _State.OPEN:
+            raise StoreError(f"store {self.path}: read in state {self._state.value}")
+        return await asyncio.to_thread(self._with_reader, fn, *args)
+
+    def _with_reader(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(conn, *args)` on a pooled read-only connection (in a worker thread)."""
+        with self._lock:
+            conn = self._readers.pop() if self._readers else None
+        try:
+            if conn is None:
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+                )
+                conn.execute("PRAGMA query_only = 1")
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            return fn(conn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: read failed: {exc}") from exc
+        finally:
+            if conn is not None:
+                with self._lock:
+                    keep = self._state is _State.OPEN
+                    if keep:
+                        self._readers.append(conn)
+                if not keep:
+                    conn.close()
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def _writer_main(self, ready: Future[None]) -> None:
+        try:
+            self._conn = self._open_db()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            self._writer_loop()
+        finally:
+            with self._lock:
+                for _, _, loop, fut in self._waiters:
+                    _resolve(loop, fut, StoreError(f"store {self.path}: the writer stopped"))
+                self._waiters = []
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+
+    def _open_db(self) -> sqlite3.Connection:
+        """Open, configure, create or check the schema, and load the state kept in memory."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"cannot open store {self.path}: WAL mode refused ({mode})")
+            sync = "FULL" if self.config.synchronous == "full" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous = {sync}")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
+                        (SCHEMA_VERSION,),
+                    )
+                elif row[0] != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"cannot open store {self.path}: schema version {row[0]},"
+                        f" this gateway reads {SCHEMA_VERSION}"
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._load_state(conn)
+        except StoreError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        return conn
+
+    def _load_state(self, conn: sqlite3.Connection) -> None:
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+        max_id, rows = conn.execute("SELECT max(id), count(*) FROM readings").fetchone()
+        self._last_id = max(seq[0] if seq else 0, max_id or 0)
+        self._rows = rows
+        self._point_ids = dict(conn.execute("SELECT name, id FROM points"))
+        self._cursors = dict(conn.execute("SELECT name, cursor FROM consumers"))
+        for name, value in conn.execute("SELECT name, value FROM counters"):
+            if name == "trimmed":
+                self._trimmed = value
+            elif name.startswith("dropped."):
+                self._dropped[name.removeprefix("dropped.")] = value
+        self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        self._measure(conn)
+        self._over_cap = self._bytes_used > self.config.max_bytes
+
+    def _writer_loop(self) -> None:
+        """Gather → one transaction → account; housekeeping between transactions."""
+        cfg = self.config
+        group: list[Batch] = []
+        group_n = 0
+        acks: dict[str, int] = {}
+        regs: dict[str, int] = {}
+        ops_mark = self._ops_committed
+        failures = 0
+        next_housekeeping = time.monotonic() + self._housekeeping_interval
+        while True:
+            with self._cond:
+                if not group and not acks and not regs:
+                    while not (self._queue or self._acks_pending or self._regs_pending):
+                        if self._stopping or self._abort.is_set():
+                            break
+                        remaining = next_housekeeping - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    if self._queue and not self._stopping:
+                        deadline = time.monotonic() + cfg.flush_interval
+                        while self._waiting < cfg.batch_max and not self._waiters:
+                            remaining = deadline - time.monotonic()
+                            if remaining <= 0 or self._stopping:
+                                break
+                            self._cond.wait(remaining)
+                while self._queue and group_n < cfg.batch_max:
+                    batch = self._queue.popleft()
+                    group.append(batch)
+                    group_n += len(batch)
+                    self._waiting -= len(batch)
+                    self._inflight += len(batch)
+                for name, upto in self._acks_pending.items():
+                    acks[name] = max(acks.get(name, upto), upto)
+                regs.update(self._regs_pending)
+                self._acks_pending.clear()
+                self._regs_pending.clear()
+                ops_mark = self._ops_enqueued
+                idle = not (group or acks or regs)
+                if idle and self._stopping and not self._queue:
+                    break
+            if self._abort.is_set():
+                break
+
+            if not idle:
+                try:
+                    self._write(group, group_n, acks, regs, ops_mark)
+                except Exception as exc:
+                    failures += 1
+                    self._failed("commit", exc, group_n, failures)
+                    self._abort.wait(min(self._max_backoff, 0.05 * 2 ** min(failures, 10)))
+                    continue
+                group, group_n, acks, regs = [], 0, {}, {}
+                if failures:
+                    self._recovered(failures)
+                    failures = 0
+
+            try:
+                self._enforce_cap()
+                if time.monotonic() >= next_housekeeping:
+                    next_housekeeping = time.monotonic() + self._housekeeping_interval
+                    self._retention()
+                    self._write_counters()
+            except Exception as exc:
+                failures += 1
+                self._failed("housekeeping", exc, 0, failures)
+                self._abort.wait(min(self._max_backoff, 0.05 * 2 ** min(failures, 10)))
+            else:
+                if failures:
+                    self._recovered(failures)
+                    failures = 0
+
+        # Leaving: persist the last counter changes; account for anything given up.
+        with contextlib.suppress(Exception):
+            self._write_counters()
+        with self._lock:
+            lost = group_n + self._waiting
+            self._queue.clear()
+            self._waiting = 0
+            self._inflight = 0
+            if lost:
+                self._dropped["close_timeout"] = self._dropped.get("close_timeout", 0) + lost
+        if lost:
+            log.error(
+                "store closed with readings not committed",
+                extra={"store_path": str(self.path), "readings": lost, "error": self._last_error},
+            )
+
+    def _failed(self, what: str, exc: Exception, readings: int, failures: int) -> None:
+        message = f"{what} failed: {type(exc).__name__}: {exc}"
+        with self._lock:
+            changed = message != self._last_error
+            self._last_error = message
+        if changed or failures == 1:
+            log.error(
+                "store %s failed, retrying",
+                what,
+                extra={
+                    "store_path": str(self.path),
+                    "error": message,
+                    "readings": readings,
+                    "failures": failures,
+                },
+                exc_info=not isinstance(exc, sqlite3.Error),
+            )
+
+    def _recovered(self, failures: int) -> None:
+        with self._lock:
+            self._last_error = None
+        log.info(
+            "store writes recovered", extra={"store_path": str(self.path), "failures": failures}
+        )
+
+    def _write(
+        self, group: list[Batch], n: int, acks: dict[str, int], regs: dict[str, int], ops: int
+    ) -> None:
+        """Commit one gathered group plus ops, then publish the result to everyone waiting."""
+        try:
+            rows, new_points, invalid = self._transaction(group, acks, regs, slow=False)
+        except _Slow:
+            rows, new_points, invalid = self._transaction(group, acks, regs, slow=True)
+        now = self._clock()
+        if group:
+            for ts, count in Counter(map(_TS, itertools.chain.from_iterable(group))).items():
+                self.commit_latency.add_many(now - ts, count)
+        self._point_ids.update(new_points)
+        with self._lock:
+            if rows:
+                self._last_id = rows[-1][0]
+                self._rows += len(rows)
+                self._commits += 1
+            self._committed += len(rows)
+            if invalid:
+                self._dropped["invalid"] = self._dropped.get("invalid", 0) + invalid
+            self._inflight -= n
+            self._batches_committed += len(group)
+            self._ops_committed = max(self._ops_committed, ops)
+            for name, upto in acks.items():
+                self._cursors[name] = max(self._cursors.get(name, upto), upto)
+            self._resolve_waiters()
+        if rows or acks:
+            self._measure(self._db)
+
+    def _transaction(
+        self, group: list[Batch], acks: dict[str, int], regs: dict[str, int], *, slow: bool
+    ) -> tuple[list[tuple[Any, ...]], dict[str, int], int]:
+        start = self._last_id + 1
+        new_points: dict[str, int] = {}
+        invalid = 0
+        rows: list[tuple[Any, ...]] = []
+        with self._txn() as conn:
+            if group:
+                if slow:
+                    rows, invalid = self._rows_slow(group, start, new_points)
+                else:
+                    rows = self._rows_fast(group, start, new_points)
+                if rows:
+                    try:
+                        conn.executemany(_INSERT_READINGS, rows)
+                    except (
+                        OverflowError,
+                        TypeError,
+                        ValueError,
+                        sqlite3.InterfaceError,
+                        sqlite3.ProgrammingError,
+                        sqlite3.IntegrityError,
+                    ) as exc:
+                        if slow:
+                            raise
+                        raise _Slow from exc
+                    conn.executemany(_UPSERT_LATEST, {row[1]: row for row in rows}.values())
+            if regs:
+                conn.executemany(_REGISTER, regs.items())
+            if acks:
+                conn.executemany(_ACK, [(upto, name) for name, upto in acks.items()])
+            self._put_counters(conn, {"dropped.invalid": invalid} if invalid else {})
+        return rows, new_points, invalid
+
+    def _rows_fast(
+        self, group: list[Batch], start: int, new_points: dict[str, int]
+    ) -> list[tuple[Any, ...]]:
+        """Row tuples in one comprehension: the only per-reading Python work on the hot path."""
+        pid = self._point_ids
+        kinds = _KINDS
+        qual = _QUALITY_INT
+        readings = itertools.chain.from_iterable(group)
+        try:
+            try:
+                return [
+                    (
+                        i,
+                        pid[r.point],
+                        r.ts_gateway,
+                        r.ts_source,
+                        qual[r.quality],
+                        kinds[type(v := r.value)],
+                        v,
+                        r.reason,
+                    )
+                    for i, r in enumerate(readings, start)
+                ]
+            except KeyError:
+                missing = {r.point for b in group for r in b if r.point not in pid}
+                for name in sorted(missing, key=str):
+                    if not isinstance(name, str):
+                        raise _Slow from None
+                    new_points[name] = self._insert_point(name)
+                pid = {**pid, **new_points}
+                return [
+                    (
+                        i,
+                        pid[r.point],
+                        r.ts_gateway,
+                        r.ts_source,
+                        qual[r.quality],
+                        kinds[type(v := r.value)],
+                        v,
+                        r.reason,
+                    )
+                    for i, r in enumerate(itertools.chain.from_iterable(group), start)
+                ]
+        except (KeyError, AttributeError, TypeError) as exc:
+            raise _Slow from exc
+
+    def _rows_slow(
+        self, group: list[Batch], start: int, new_points: dict[str, int]
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """Value-by-value conversion for groups the fast path refused; unusable readings are
+        counted, never retried forever."""
+        rows: list[tuple[Any, ...]] = []
+        invalid = 0
+        next_id = start
+        for r in itertools.chain.from_iterable(group):
+            try:
+                name = r.point
+                if not isinstance(name, str):
+                    raise TypeError(f"point name {name!r} is not a string")
+                pid = self._point_ids.get(name) or new_points.get(name)
+                if pid is None:
+                    pid = new_points[name] = self._insert_point(name)
+                ts = float(r.ts_gateway)
+                if not math.isfinite(ts):
+                    raise ValueError(f"ts_gateway {ts!r}")
+                ts_source = None if r.ts_source is None else float(r.ts_source)
+                quality = int(_QUALITY_OF[int(r.quality)])
+                kind, value = _encode_slow(r.value)
+                reason = None if r.reason is None else str(r.reason)
+            except Exception as exc:
+                invalid += 1
+                log.warning(
+                    "store drops an invalid reading",
+                    extra={
+                        "store_path": str(self.path),
+                        "reading": repr(r)[:200],
+                        "error": str(exc),
+                    },
+                )
+                continue
+            rows.append((next_id, pid, ts, ts_source, quality, kind, value, reason))
+            next_id += 1
+        return rows, invalid
+
+    def _insert_point(self, name: str) -> int:
+        cur = self._db.execute("INSERT INTO points(name) VALUES (?)", (name,))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def _resolve_waiters(self) -> None:
+        """Wake flush()/ack() callers whose target is committed (lock held)."""
+        keep = []
+        for waiter in self._waiters:
+            kind, target, loop, fut = waiter
+            done = self._batches_committed if kind == _WAIT_BATCHES else self._ops_committed
+            if done >= target:
+                _resolve(loop, fut, None)
+            else:
+                keep.append(waiter)
+        self._waiters = keep
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT on the writer connection, rolled back on any error; counters
+        written inside count as persisted only once COMMIT returned."""
+        conn = self._db
+        self._counters_pending = None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        if self._counters_pending is not None:
+            self._counters_written = max(self._counters_written, self._counters_pending)
+
+    # -- housekeeping (writer thread) ------------------------------------------------------
+
+    def _measure(self, conn: sqlite3.Connection) -> None:
+        """Bytes in use: pages holding data (the file itself keeps freed pages for reuse)."""
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        used = (pages - free) * self._page_size
+        with self._lock:
+            self._bytes_used = used
+
+    def _min_cursor(self) -> int:
+        """Readings with id <= this have reached every consumer (all of them if none)."""
+        with self._lock:
+            return min(self._cursors.values(), default=self._last_id)
+
+    def _enforce_cap(self) -> None:
+        """Bring the file back under ~90 % of max_bytes when it went over the cap.
+
+        Delivered readings go first (trimmed). Then, with drop_oldest, the oldest unsent
+        readings go too (dropped "oldest_unsent"); with reject_new they stay and `submit`
+        refuses until acks, trims and retention make room.
+        """
+        cap = self.config.max_bytes
+        if self._bytes_used <= cap:
+            if self._over_cap:
+                with self._lock:
+                    self._over_cap = False
+            return
+        conn = self._db
+        target = int(cap * _CAP_TARGET)
+        drop_unsent = self.config.drop_policy is DropPolicy.DROP_OLDEST
+        for _ in range(10_000):
+            if self._bytes_used <= target:
+                break
+            oldest = conn.execute("SELECT min(id) FROM readings").fetchone()[0]
+            if oldest is None:
+                break
+            per_row = self._bytes_used / max(self._rows, 1)
+            hi = oldest + max(256, math.ceil((self._bytes_used - target) / per_row)) - 1
+            sent = self._min_cursor()
+            if not drop_unsent:
+                hi = min(hi, sent)
+                if hi < oldest:
+                    break
+            with self._txn() as conn:
+                trimmed = conn.execute(
+                    "DELETE FROM readings WHERE id <= ?", (min(hi, sent),)
+                ).rowcount
+                unsent = 0
+                if hi > sent:
+                    unsent = conn.execute("DELETE FROM readings WHERE id <= ?", (hi,)).rowcount
+                delta = {"trimmed": trimmed, "dropped.oldest_unsent": unsent}
+                self._put_counters(conn, delta)
+            self._apply_counters(delta, trimmed + unsent)
+            if unsent:
+                log.warning(
+                    "store full: oldest unsent readings dropped",
+                    extra={"store_path": str(self.path), "readings": unsent, "upto_id": hi},
+                )
+            self._measure(conn)
+        with self._lock:
+            self._over_cap = self._bytes_used > cap
+
+    def _retention(self) -> None:
+        """Delete readings older than history_retention that every consumer has, in chunks
+        so intake never waits long. Walks ids from the oldest and stops at the first chunk
+        with nothing old enough (ts_gateway grows with id, save for clock steps)."""
+        conn = self._db
+        cutoff = self._clock() - self.config.history_retention
+        sent = self._min_cursor()
+        first = conn.execute("SELECT id, ts_gateway FROM readings ORDER BY id LIMIT 1").fetchone()
+        if first is None or first[1] >= cutoff:
+            return
+        lo = first[0]
+        while lo <= sent and not self._abort.is_set():
+            hi = min(sent, lo + _RETENTION_CHUNK - 1)
+            with self._txn():
+                n = conn.execute(
+                    "DELETE FROM readings WHERE id BETWEEN ? AND ? AND ts_gateway < ?",
+                    (lo, hi, cutoff),
+                ).rowcount
+                if n:
+                    self._put_counters(conn, {"trimmed": n})
+            if not n:
+                break
+            self._apply_counters({"trimmed": n}, n)
+            lo = hi + 1
+        self._measure(conn)
+
+    def _write_counters(self) -> None:
+        """Persist refusals counted by `submit` when no transaction carried them."""
+        if self._counters_version == self._counters_written:
+            return
+        with self._txn() as conn:
+            self._put_counters(conn, {})
+
+    def _put_counters(self, conn: sqlite3.Connection, delta: dict[str, int]) -> None:
+        """Write counter totals (memory + `delta`) inside the caller's transaction, so a
+        deletion and its count commit together."""
+        with self._lock:
+            version = self._counters_version
+            if not delta and version == self._counters_written:
+                return
+            values = {f"dropped.{k}": v for k, v in self._dropped.items()}
+            values["trimmed"] = self._trimmed
+        for name, n in delta.items():
+            values[name] = values.get(name, 0) + n
+        conn.executemany(_UPSERT_COUNTER, values.items())
+        self._counters_pending = version
+
+    def _apply_counters(self, delta: dict[str, int], removed: int) -> None:
+        with self._lock:
+            for name, n in delta.items():
+                if name == "trimmed":
+                    self._trimmed += n
+                else:
+                    reason = name.removeprefix("dropped.")
+                    self._dropped[reason] = self._dropped.get(reason, 0) + n
+            self._rows -= removed
+
+
+# -- module helpers ----------------------------------------------------------------------
+
+
+def _resolve(
+    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], exc: Exception | None
+) -> None:
+    def settle() -> None:
+        if fut.done():
+            return
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(settle)
+
+
+def _encode_slow(value: object) -> tuple[int, Any]:
+    """Kind and storable form of any value (the fast path covers the five exact types)."""
+    if value is None:
+        return _K_NONE, None
+    if isinstance(value, bool):
+        return _K_BOOL, int(value)
+    if isinstance(value, int):
+        v = int(value)
+        return _K_INT, v if _INT64_MIN <= v <= _INT64_MAX else str(v)
+    if isinstance(value, float):
+        return _K_FLOAT, float(value)
+    if isinstance(value, str):
+        return _K_STR, str(value)
+    item = getattr(value, "item", None)
+    if callable(item):
+        with contextlib.suppress(Exception):
+            plain = item()
+            if type(plain) in _KINDS:
+                return _encode_slow(plain)
+    return _K_STR, str(value)
+
+
+def _decode(kind: int, value: Any) -> Value:
+    if kind == _K_FLOAT:
+        return _NAN if value is None else float(value)
+    if kind == _K_BOOL:
+        return bool(value)
+    if kind == _K_INT:
+        return value if type(value) is int else int(value)
+    if kind == _K_NONE:
+        return None
+    return value
+
+
+def _decode_rows(rows: Iterable[tuple[Any, ...]]) -> list[StoredReading]:
+    q = _QUALITY_OF
+    return [
+        StoredReading(rid, name, _decode(kind, value), q[quality], tsg, tss, reason)
+        for rid, name, kind, value, quality, tsg, tss, reason in rows
+    ]
+
+
+def _fetch(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _fetch_latest(conn: sqlite3.Connection, names: list[str]) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    for i in range(0, len(names), _SQL_VARS):
+        chunk = names[i : i + _SQL_VARS]
+        marks = ", ".join("?" * len(chunk))
+        out += conn.execute(f"{_SELECT_LATEST} WHERE p.name IN ({marks})", chunk).fetchall()
+    return out
+
+
+__all__ = ["DROP_REASONS", "Store", "StoreStats", "StoredReading"]

@@ -1,0 +1,271 @@
+"""`make bench`: throughput and resource figures for the gateway, measured from outside.
+
+Each workload starts its simulators and a real `millrace run` in separate processes, waits
+for every device to be online, warms up, then measures for BENCH_SECONDS (default 30):
+
+- points/s stored: committed readings per second (from /metrics);
+- CPU %: the gateway process's user+system time over wall time, in % of one core;
+- peak RSS: the process's high-water mark (VmHWM), in MB;
+- p50/p99 poll-to-store: from a reading's arrival to the commit of its transaction
+  (the gateway's own window, sampled every second; p50 is the median of the samples,
+  p99 the worst sample).
+
+Figures depend on the machine: the table header names it. With BENCH_JSON=path the results
+are also written as a JSON list (one object per workload).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+HERE = Path(__file__).parent
+WARMUP = float(os.environ.get("BENCH_WARMUP", "10"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "30"))
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def vm_hwm_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def modbus_workload(
+    name: str, *, devices: int = 500, endpoints: int = 10, sim_procs: int = 2
+) -> dict[str, Any]:
+    per_endpoint = devices // endpoints
+    work = Path(tempfile.mkdtemp(prefix="millrace-bench-"))
+    ports = [free_port() for _ in range(endpoints)]
+    api_port = free_port()
+    cfg = {
+        "gateway": {"id": "bench-gw", "site": "bench"},
+        "profile_paths": [str(HERE / "profiles")],
+        "devices": [
+            {
+                "id": f"dev-{e:02d}-{u:03d}",
+                "protocol": "modbus-tcp",
+                "host": "127.0.0.1",
+                "port": port,
+                "unit_id": u,
+                "profile": "bench-30",
+                "poll_interval": "1s",
+                "timeout": "2s",
+            }
+            for e, port in enumerate(ports)
+            for u in range(1, per_endpoint + 1)
+        ],
+        "store": {"path": str(work / "bench.db"), "max_bytes": "4GiB"},
+        "api": {"host": "127.0.0.1", "port": api_port},
+        "logging": {"level": "warning", "format": "text"},
+    }
+    cfg_path = work / "gateway.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        chunk = (endpoints + sim_procs - 1) // sim_procs
+        for i in range(sim_procs):
+            mine = ports[i * chunk : (i + 1) * chunk]
+            if not mine:
+                continue
+            sim = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.bench.sim_farm",
+                    "--ports",
+                    ",".join(map(str, mine)),
+                    "--units",
+                    f"bench-30:1-{per_endpoint}",
+                ],
+                stdout=subprocess.PIPE,
+            )
+            procs.append(sim)
+            assert sim.stdout is not None
+            line = sim.stdout.readline().decode()
+            if not line.startswith("ready"):
+                raise RuntimeError(f"simulator did not start: {line!r}")
+        log(f"{name}: {len(procs)} simulator processes, {endpoints} endpoints, {devices} units")
+        gw = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_path)],
+            stdout=subprocess.DEVNULL,
+        )
+        procs.append(gw)
+        url = f"http://127.0.0.1:{api_port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                health = json.loads(urllib.request.urlopen(url + "/health", timeout=2).read())
+                if health["devices_online"] == devices:
+                    break
+                progress = f"{health['devices_online']}/{devices} online"
+            except OSError:
+                progress = "starting"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"devices not online in 90 s ({progress})")
+            time.sleep(1)
+        log(f"{name}: all {devices} devices online; warming up {WARMUP:.0f} s")
+        time.sleep(WARMUP)
+        proc = psutil.Process(gw.pid)
+        m0, c0, t0 = scrape(url), proc.cpu_times(), time.monotonic()
+        p50s: list[float] = []
+        p99s: list[float] = []
+        rss_peak_sampled = 0.0
+        while (elapsed := time.monotonic() - t0) < SECONDS:
+            time.sleep(1)
+            m = scrape(url)
+            p50 = m.get('millrace_store_commit_latency_seconds{quantile="0.5"}')
+            p99 = m.get('millrace_store_commit_latency_seconds{quantile="0.99"}')
+            if p50 == p50 and p50 is not None:
+                p50s.append(p50)
+            if p99 == p99 and p99 is not None:
+                p99s.append(p99)
+            rss_peak_sampled = max(rss_peak_sampled, proc.memory_info().rss / 1024**2)
+            if int(elapsed) % 10 == 0:
+                log(f"{name}: measuring {elapsed:.0f}/{SECONDS:.0f} s")
+        m1, c1, t1 = scrape(url), proc.cpu_times(), time.monotonic()
+        wall = t1 - t0
+        committed = m1["millrace_store_committed_total"] - m0["millrace_store_committed_total"]
+        cpu = (c1.user + c1.system - c0.user - c0.system) / wall * 100
+        dropped = sum(v for k, v in m1.items() if k.startswith("millrace_store_dropped_total"))
+        polls_failed = sum(
+            v
+            for k, v in m1.items()
+            if k.startswith("millrace_device_polls_total") and 'result="failed"' in k
+        )
+        overruns = sum(
+            v for k, v in m1.items() if k.startswith("millrace_device_poll_overruns_total")
+        )
+        result = {
+            "name": name,
+            "devices": devices,
+            "points_per_device": 30,
+            "target_points_per_s": devices * 30,
+            "points_per_s": round(committed / wall, 1),
+            "cpu_pct": round(cpu, 1),
+            "rss_mb": round(max(vm_hwm_mb(gw.pid), rss_peak_sampled), 1),
+            "p50_ms": round(statistics.median(p50s) * 1000, 1) if p50s else None,
+            "p99_ms": round(max(p99s) * 1000, 1) if p99s else None,
+            "dropped": int(dropped),
+            "polls_failed": int(polls_failed),
+            "poll_overruns": int(overruns),
+            "seconds": round(wall, 1),
+        }
+        gw.send_signal(signal.SIGTERM)
+        rc = gw.wait(timeout=60)
+        result["clean_shutdown"] = rc == 0
+        return result
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+WORKLOADS = [
+    lambda: modbus_workload("modbus-500x30", devices=500, endpoints=10, sim_procs=2),
+]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 1024**3
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    cols = [
+        "name",
+        "points_per_s",
+        "target_points_per_s",
+        "cpu_pct",
+        "rss_mb",
+        "p50_ms",
+        "p99_ms",
+        "dropped",
+        "polls_failed",
+    ]
+    heads = [
+        "workload",
+        "points/s",
+        "target",
+        "CPU % (1 core)",
+        "peak RSS MB",
+        "p50 ms",
+        "p99 ms",
+        "dropped",
+        "failed polls",
+    ]
+    rows = [[str(r.get(c, "")) for c in cols] for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
+    line = " | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))
+    out = [line, "-+-".join("-" * w for w in widths)]
+    out += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(out)
+
+
+def main() -> int:
+    results = []
+    for workload in WORKLOADS:
+        results.append(workload())
+    print(f"\nMillrace bench on {machine()}")
+    print(f"warm-up {WARMUP:.0f} s, measured {SECONDS:.0f} s per workload\n")
+    print(table(results))
+    if path := os.environ.get("BENCH_JSON"):
+        Path(path).write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

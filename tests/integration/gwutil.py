@@ -1,0 +1,56 @@
+"""Helpers for gateway integration tests: configs pointed at simulators on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.configload import LoadedConfig, load_config_data
+
+
+def plant_config(
+    tmp_path: Path,
+    port: int,
+    *,
+    api_port: int = 0,
+    devices: list[dict[str, Any]] | None = None,
+    **sections: Any,
+) -> LoadedConfig:
+    """The demo's two devices (pump unit 1, press unit 2) on `port`, fast timeouts."""
+    fast = {"timeout": 0.3, "retries": 0, "down_after": 2, "backoff_initial": 0.2,
+            "backoff_max": 0.5, "poll_interval": 0.2}
+    data: dict[str, Any] = {
+        "gateway": {"id": "test-gw", "site": "test-site"},
+        "devices": devices
+        if devices is not None
+        else [
+            {"id": "pump-1", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port,
+             "unit_id": 1, "profile": "pump-station", "poll_groups": {"slow": 0.5}, **fast},
+            {"id": "press-1", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port,
+             "unit_id": 2, "profile": "sugarcane-press", "poll_groups": {"slow": 0.5}, **fast},
+        ],
+        "store": {"path": str(tmp_path / "gw.db"), "flush_interval": 0.05},
+        "api": {"host": "127.0.0.1", "port": api_port},
+        "logging": {"level": "warning", "format": "text"},
+    }
+    data.update(sections)
+    return load_config_data(data, base_dir=tmp_path)
+
+
+async def eventually(
+    check: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll `check` (sync or async) until it returns a truthy value; fail with `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check} (last {last!r})")
