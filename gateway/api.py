@@ -6,8 +6,6 @@ Timestamps are ISO 8601 in UTC with milliseconds; `since`/`until` accept ISO 860
 seconds.
 """
 
-from __future__ import annotations
-
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
@@ -95,7 +93,7 @@ def _quality(q: Quality | int | None) -> str | None:
     return None if q is None else Quality(q).name.lower()
 
 
-def create_app(gw: Gateway) -> FastAPI:
+def create_app(gw: "Gateway") -> FastAPI:
     app = FastAPI(
         title="Millrace gateway",
         version=__version__,

@@ -46,7 +46,12 @@ Behaviour worth knowing when writing tests against it:
   address in it is not mapped by the profile; a write to a read-only point fails the same way;
   a write that leaves a point outside its profile min..max fails with ILLEGAL_VALUE (3).
 * An unknown unit id gets GATEWAY_NO_RESPONSE (0x0B) over TCP (what a TCP-to-RTU gateway says)
-  and no answer at all on a serial line (nobody on the bus has that address).
+  and no answer at all on a serial line (nobody on the bus has that address). Unit id 0 on a
+  serial line is a broadcast: every unit acts on it and nobody answers.
+* A unit id is one byte, so one plant serves at most 256 units (247 on RTU). For more (the
+  500-unit benchmark), run several plants, each on its own port, sharing one clock.
+* Requests on one connection are answered independently (a slow unit does not hold up the
+  next request), each with its own transaction id.
 """
 
 from __future__ import annotations
@@ -389,11 +394,10 @@ class SimulatedUnit:
 
     def write_value(self, name: str, value: Value) -> None:
         """Write one writable point by engineering value, as a client (or an operator) would."""
-        for point, codec in self._layout.points:
-            if point.name == name:
-                break
-        else:
+        found = next(((p, c) for p, c in self._layout.points if p.name == name), None)
+        if found is None:
             raise KeyError(name)
+        point, codec = found
         if codec.data_type is DataType.BIT:
             slot = self._layout.slots[point.table].get(point.address)
             current = self._produce(slot[0])[0] if slot else 0
@@ -456,7 +460,7 @@ class Fault:
     delay: float = 2.0
 
 
-class RequestDropped(Exception):  # noqa: N818 - it is an outcome, not an error
+class RequestDropped(Exception):
     """Raised by the datastore when a request must get no reply at all (silent unit)."""
 
 
@@ -560,7 +564,7 @@ class PlantContext:
             raise NoSuchIdException(f"unit {device_id}")
         return unit
 
-    async def async_getValues(  # noqa: N802 - pymodbus's name
+    async def async_getValues(
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
         unit = self._unit(device_id)
@@ -573,7 +577,7 @@ class PlantContext:
             return ExcCodes.ILLEGAL_FUNCTION
         return unit.read(table, address, count)
 
-    async def async_setValues(  # noqa: N802 - pymodbus's name
+    async def async_setValues(
         self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
     ) -> ExcCodes | None:
         unit = self._unit(device_id)
@@ -720,7 +724,10 @@ def parse_unit_spec(spec: str) -> tuple[str, list[int]]:
     except ValueError:
         raise ValueError(f"unit spec {spec!r}: {ids!r} is not an id or a range") from None
     if not 0 <= lo <= hi <= 255:
-        raise ValueError(f"unit spec {spec!r}: ids must be 0..255, first <= last")
+        raise ValueError(
+            f"unit spec {spec!r}: ids must be 0..255 with first <= last (a unit id is one "
+            "byte; for more units run more plants, each on its own port)"
+        )
     return name, list(range(lo, hi + 1))
 
 
@@ -990,8 +997,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Simulated pump station and sugarcane press (and any profile) "
         "behind a Modbus TCP or RTU server.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="TCP address to bind (default %(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default %(default)s; 0 = any free)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="TCP address to bind (default %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="TCP port (default %(default)s; 0 = any free)",
+    )
     parser.add_argument(
         "--unit",
         action="append",
@@ -1000,16 +1014,32 @@ def _parser() -> argparse.ArgumentParser:
         help="unit(s) to serve, repeatable (default: pump-station:1 sugarcane-press:2)",
     )
     parser.add_argument(
-        "--profile-dir", action="append", default=[], metavar="DIR", help="extra profile directory, repeatable"
+        "--profile-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra profile directory, repeatable",
     )
-    parser.add_argument("--wear-rate", type=float, default=1.0, help="bearing wear speed-up (default 1)")
+    parser.add_argument(
+        "--wear-rate", type=float, default=1.0, help="bearing wear speed-up (default 1)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="signal seed (default 0)")
-    parser.add_argument("--serial", metavar="DEVICE", help="serve Modbus RTU on this serial device instead of TCP")
-    parser.add_argument("--baudrate", type=int, default=9600, help="RTU baud rate (default %(default)s)")
-    parser.add_argument("--parity", choices=["N", "E", "O"], default="N", help="RTU parity (default N)")
-    parser.add_argument("--stopbits", type=int, choices=[1, 2], default=1, help="RTU stop bits (default 1)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log pymodbus and simulator details")
-    return parser  # fmt: skip
+    parser.add_argument(
+        "--serial", metavar="DEVICE", help="serve Modbus RTU on this serial device instead of TCP"
+    )
+    parser.add_argument(
+        "--baudrate", type=int, default=9600, help="RTU baud rate (default %(default)s)"
+    )
+    parser.add_argument(
+        "--parity", choices=["N", "E", "O"], default="N", help="RTU parity (default N)"
+    )
+    parser.add_argument(
+        "--stopbits", type=int, choices=[1, 2], default=1, help="RTU stop bits (default 1)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log pymodbus and simulator details"
+    )
+    return parser
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -289,9 +289,7 @@ class PumpStationModel(SignalModel):
 
     def vibration_trend(self, t: float) -> float:
         """Noise-free bearing vibration at rated speed: what wear alone has done so far."""
-        return _bearing_trend(
-            self.VIBRATION_NEW, self._acc.at("wear_h", t), self.WEAR_TAU_HOURS
-        )
+        return _bearing_trend(self.VIBRATION_NEW, self._acc.at("wear_h", t), self.WEAR_TAU_HOURS)
 
     def sample(self, t: float) -> dict[str, Value]:
         self._anchor(t)
@@ -465,9 +463,7 @@ class SugarcanePressModel(SignalModel):
         self._anchor(t)
         s = self._s
         ambient = 30.0 + 4.0 * daily(t) + 0.5 * noise(s["temp"], t, 600.0)
-        trend = _bearing_trend(
-            self.VIBRATION_NEW, self._acc.at("wear_h", t), self.WEAR_TAU_HOURS
-        )
+        trend = _bearing_trend(self.VIBRATION_NEW, self._acc.at("wear_h", t), self.WEAR_TAU_HOURS)
         if self.running:
             feed = self.FEED_MEAN + self.FEED_SWING * math.sin(
                 TWO_PI * t / self.FEED_PERIOD + self._phase
@@ -559,9 +555,7 @@ class GenericModel(SignalModel):
     no reaction here.
     """
 
-    def __init__(
-        self, profile: ModbusProfile, *, seed: int = 0, label: str | None = None
-    ) -> None:
+    def __init__(self, profile: ModbusProfile, *, seed: int = 0, label: str | None = None) -> None:
         self.seed = seed
         self.names = frozenset(p.name for p in profile.points)
         self._label = label or profile.name

@@ -20,17 +20,39 @@ def plant_config(
     **sections: Any,
 ) -> LoadedConfig:
     """The demo's two devices (pump unit 1, press unit 2) on `port`, fast timeouts."""
-    fast = {"timeout": 0.3, "retries": 0, "down_after": 2, "backoff_initial": 0.2,
-            "backoff_max": 0.5, "poll_interval": 0.2}
+    fast = {
+        "timeout": 0.3,
+        "retries": 0,
+        "down_after": 2,
+        "backoff_initial": 0.2,
+        "backoff_max": 0.5,
+        "poll_interval": 0.2,
+    }
     data: dict[str, Any] = {
         "gateway": {"id": "test-gw", "site": "test-site"},
         "devices": devices
         if devices is not None
         else [
-            {"id": "pump-1", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port,
-             "unit_id": 1, "profile": "pump-station", "poll_groups": {"slow": 0.5}, **fast},
-            {"id": "press-1", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port,
-             "unit_id": 2, "profile": "sugarcane-press", "poll_groups": {"slow": 0.5}, **fast},
+            {
+                "id": "pump-1",
+                "protocol": "modbus-tcp",
+                "host": "127.0.0.1",
+                "port": port,
+                "unit_id": 1,
+                "profile": "pump-station",
+                "poll_groups": {"slow": 0.5},
+                **fast,
+            },
+            {
+                "id": "press-1",
+                "protocol": "modbus-tcp",
+                "host": "127.0.0.1",
+                "port": port,
+                "unit_id": 2,
+                "profile": "sugarcane-press",
+                "poll_groups": {"slow": 0.5},
+                **fast,
+            },
         ],
         "store": {"path": str(tmp_path / "gw.db"), "flush_interval": 0.05},
         "api": {"host": "127.0.0.1", "port": api_port},
