@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -62,3 +66,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fn = getattr(item, "obj", None)
         if fn is not None and inspect.iscoroutinefunction(fn):
             item.fixturenames.insert(0, "_no_leaked_tasks")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two linked pseudo-terminals (a virtual null-modem cable) for Modbus RTU tests.
+
+    socat is a test dependency that `make test` installs; its absence is a failure, not a
+    skip, so CI can never pass without exercising RTU."""
+    socat = shutil.which("socat")
+    assert socat is not None, "socat is not installed: run `make test`, which installs it"
+    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
+    proc = subprocess.Popen(
+        [socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while not (a.exists() and b.exists()):
+            assert proc.poll() is None, "socat exited"
+            assert time.monotonic() < deadline, "socat did not create the pty pair"
+            time.sleep(0.02)
+        yield os.fspath(a), os.fspath(b)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -613,28 +611,6 @@ async def test_cli_serves_and_exits_cleanly_on_sigterm(pump: ModbusProfile) -> N
 
 
 # -- RTU -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    socat = shutil.which("socat")
-    if socat is None:
-        pytest.skip("socat is not installed (make installs it)")
-    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
-    proc = subprocess.Popen(
-        [socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 5
-        while not (a.exists() and b.exists()):
-            assert proc.poll() is None, "socat exited"
-            assert time.monotonic() < deadline, "socat did not create the pty pair"
-            time.sleep(0.02)
-        yield os.fspath(a), os.fspath(b)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
 
 
 async def test_rtu_over_a_pty_pair(
