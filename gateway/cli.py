@@ -138,7 +138,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(loaded))
 
 
-async def _serve(loaded: LoadedConfig, duration: float | None = None) -> int:
+async def _serve(
+    loaded: LoadedConfig, duration: float | None = None, banner: str | None = None
+) -> int:
     from gateway.runtime import Gateway
 
     stop = asyncio.Event()
@@ -150,6 +152,8 @@ async def _serve(loaded: LoadedConfig, duration: float | None = None) -> int:
     await gateway.start()
     if gateway.api_url:
         print(f"millrace: gateway {loaded.config.gateway.id} API on {gateway.api_url}", flush=True)
+    if banner:
+        print(banner, flush=True)
     try:
         if duration is None:
             await stop.wait()
@@ -171,9 +175,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
-    from simulators.modbus_plant import ModbusPlant
-
     from gateway.demo import demo_config
+    from simulators.modbus_plant import ModbusPlant
 
     data_dir = Path(args.data_dir)
     async with ModbusPlant.tcp(
@@ -190,12 +193,11 @@ async def run_demo(args: argparse.Namespace) -> int:
             f"(pump station unit 1, cane press unit 2)",
             flush=True,
         )
-        print(
-            f"millrace demo: open http://{args.host}:{args.port}/points  "
-            "(also /devices, /health, /metrics); Ctrl-C stops",
-            flush=True,
+        banner = (
+            "millrace demo: live values at /points, device health at /devices, "
+            "also /health, /metrics, /docs; Ctrl-C stops"
         )
-        return await _serve(loaded, args.duration)
+        return await _serve(loaded, args.duration, banner)
 
 
 # -- check ---------------------------------------------------------------------------------

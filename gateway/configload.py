@@ -272,7 +272,9 @@ def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str
                     f"{', '.join(map(str, data.get('profile_paths', ['profiles'])))} "
                     f"or the built-in profiles (got {name})"
                 )
-            elif profile is not None and PROFILE_PROTOCOL.get(proto) not in (
+            elif profile is not None and PROFILE_PROTOCOL.get(proto) == "modbus":
+                problems += _modbus_limits(i, dev, profile)
+            if profile is not None and PROFILE_PROTOCOL.get(proto) not in (
                 None,
                 profile.protocol,
             ):
@@ -322,6 +324,19 @@ def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str
                     f"has no such point (got {point})"
                 )
     return problems
+
+
+def _modbus_limits(i: int, dev: dict[str, Any], profile: Any) -> list[str]:
+    """A point wider than one request allows could never be read: say so before any I/O."""
+    limit = dev.get("max_registers_per_read", 125)
+    if not isinstance(limit, int) or profile.protocol != "modbus":
+        return []
+    return [
+        f"devices.{i}.max_registers_per_read: point {p.name} of profile {profile.name} "
+        f"needs {p.width} registers in one read (got {limit})"
+        for p in profile.points
+        if not p.table.is_bits and p.width > limit
+    ]
 
 
 def _connection_key(dev: dict[str, Any]) -> str | None:

@@ -730,11 +730,11 @@ class Store:
             # (stats, refusals) already reflects it.
             error: Exception | None = None
             try:
-                self._enforce_cap()
                 if time.monotonic() >= next_housekeeping:
                     next_housekeeping = time.monotonic() + self._housekeeping_interval
                     self._retention()
                     self._write_counters()
+                self._enforce_cap()
             except Exception as exc:
                 error = exc
             with self._lock:

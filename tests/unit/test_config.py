@@ -245,3 +245,11 @@ def test_cli_validate_exit_codes_and_output(
 
     assert main(["validate", "-c", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_point_wider_than_one_read_is_reported() -> None:
+    data = {**BASE, "devices": [{**BASE["devices"][0], "max_registers_per_read": 4}]}
+    assert problems_of(data) == [
+        "devices.0.max_registers_per_read: point drive_serial of profile pump-station "
+        "needs 6 registers in one read (got 4)"
+    ]
