@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -247,3 +248,24 @@ async def test_deadband_suppresses_small_changes(plant: ModbusPlant, tmp_path: P
 
 async def _is(awaitable, expected: str) -> bool:  # type: ignore[no-untyped-def]
     return (await awaitable) == expected
+
+
+async def test_clean_stop_commits_every_published_reading(
+    plant: ModbusPlant, tmp_path: Path
+) -> None:
+    """Shutdown order: intake stops first, then the store flushes, so every reading the bus
+    carried is on disk when stop() returns, and the counters say nothing was dropped."""
+    loaded = plant_config(tmp_path, plant.port)
+    gw = Gateway(loaded)
+    await gw.start()
+    await eventually(lambda: gw.bus.readings > 150, what="traffic")
+    problems = await gw.stop()
+    assert problems == []
+    published = gw.bus.readings
+    stats = gw.store.stats()
+    assert stats.committed == stats.submitted == published
+    assert sum(stats.dropped.values()) == 0
+    with sqlite3.connect(tmp_path / "gw.db") as con:
+        assert con.execute("SELECT count(*) FROM readings").fetchone()[0] == published
+    assert gw.state == "stopped"
+    assert await gw.stop() == []  # idempotent
