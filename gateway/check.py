@@ -3,6 +3,7 @@ with the reason, and the share of devices online. Runs without the store or the 
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 
 from drivers.base import ProbeResult
@@ -13,8 +14,14 @@ async def commissioning_report(loaded: LoadedConfig) -> tuple[str, bool]:
     from gateway.runtime import Gateway
 
     gw = Gateway(loaded, api=False)
+    total = len([d for d in loaded.config.devices if d.enabled])
+    print(f"probing {total} devices on {len(gw.drivers)} connections…", file=sys.stderr)
+
+    def progress(done: int, of: int, key: str) -> None:
+        print(f"  [{done}/{of}] {key} done", file=sys.stderr, flush=True)
+
     try:
-        results = await gw.probe()
+        results = await gw.probe(progress)
     finally:
         for drv in gw.drivers:
             await drv.close()

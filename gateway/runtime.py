@@ -24,6 +24,7 @@ import enum
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,13 +194,24 @@ class Gateway:
             raise WriteRejected(f"point {point_id}: its driver cannot write")
         await driver.write(info.device, info.name, value)
 
-    async def probe(self) -> list[ProbeResult]:
-        """Read every point once (the commissioning check); drivers run one after another."""
-        results: list[ProbeResult] = []
-        for drv in self.drivers:
-            if isinstance(drv, Prober):
-                results += await drv.probe()
-        return results
+    async def probe(
+        self, progress: Callable[[int, int, str], None] | None = None
+    ) -> list[ProbeResult]:
+        """Read every point once (the commissioning check). Connections are probed
+        concurrently (each is independent); `progress(done, total, key)` after each."""
+        probers = [d for d in self.drivers if isinstance(d, Prober)]
+        done = 0
+
+        async def one(drv: Prober) -> list[ProbeResult]:
+            nonlocal done
+            results = await drv.probe()
+            done += 1
+            if progress is not None:
+                progress(done, len(probers), getattr(drv, "key", "?"))
+            return results
+
+        per_driver = await asyncio.gather(*(one(d) for d in probers))
+        return [r for results in per_driver for r in results]
 
     # -- API -----------------------------------------------------------------------------
 
