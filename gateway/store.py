@@ -8,7 +8,8 @@ Why it looks like this:
   never does disk I/O. `submit` only appends to an in-memory queue.
 * **Batches become transactions.** The writer waits for the first batch, lingers up to
   `flush_interval` (or until `batch_max` readings wait) and writes everything gathered in one
-  transaction: one `executemany` into `readings`, one upsert into `latest` with the last
+  transaction: the rows, built in one comprehension, go into `readings` through 32-row
+  INSERT statements (one `executemany`), then one upsert into `latest` carries the last
   reading per point. Fsync cost is paid per transaction, not per reading.
 * **One table is both outbox and history.** A reading's id (assigned here, in submission
   order, never reused thanks to AUTOINCREMENT) is the outbox position: each uplink keeps a
@@ -285,6 +286,8 @@ class Store:
         self._page_size = 4096
         self._over_cap = False
         self._trimming = False  # a cap enforcement ran out of time budget: go on next round
+        self._unsent_logged_at = -math.inf
+        self._unsent_unlogged = 0
         self._submitted = 0
         self._committed = 0
         self._commits = 0
@@ -1013,14 +1016,30 @@ class Store:
                 self._put_counters(conn, delta)
             self._apply_counters(delta, trimmed + unsent)
             if unsent:
-                log.warning(
-                    "store full: oldest unsent readings dropped",
-                    extra={"store_path": str(self.path), "readings": unsent, "upto_id": hi},
-                )
+                self._log_unsent_dropped(unsent, hi)
             self._measure(conn)
         self._trimming = self._bytes_used > target and not stuck
         with self._lock:
             self._over_cap = self._bytes_used > cap
+
+    def _log_unsent_dropped(self, readings: int, upto_id: int) -> None:
+        """Warn at the first drop and then at most once a minute with the total since: a full
+        store drops on every commit, and the counter (not the log) is the record."""
+        self._unsent_unlogged += readings
+        now = time.monotonic()
+        if now - self._unsent_logged_at < 60.0:
+            return
+        log.warning(
+            "store full: oldest unsent readings dropped",
+            extra={
+                "store_path": str(self.path),
+                "readings": self._unsent_unlogged,
+                "upto_id": upto_id,
+                "policy": self.config.drop_policy.value,
+            },
+        )
+        self._unsent_logged_at = now
+        self._unsent_unlogged = 0
 
     def _retention(self) -> None:
         """Delete readings older than history_retention that every consumer has, in chunks
