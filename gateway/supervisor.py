@@ -84,13 +84,16 @@ class Supervisor:
     async def stop(self, names: Iterable[str], timeout: float) -> list[str]:
         """Cancel the named components and wait for them; return what did not stop cleanly."""
         comps = [self._components[n] for n in names if n in self._components]
-        tasks = [c.task for c in comps if c.task is not None and not c.task.done()]
-        for t in tasks:
-            t.cancel()
-        problems: list[str] = []
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            problems += [f"{t.get_name()}: did not stop within {timeout}s" for t in pending]
+        pending = {c.task for c in comps if c.task is not None and not c.task.done()}
+        deadline = time.monotonic() + timeout
+        # A cancel can be swallowed: on Python 3.11 `asyncio.wait_for` (used inside client
+        # libraries such as pymodbus) drops it when the awaited result arrives at the same
+        # moment. So the cancel is delivered again until the task ends or time is up.
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=min(left, 0.5))
+        problems = [f"{t.get_name()}: did not stop within {timeout}s" for t in pending]
         for c in comps:
             c.status.state = ComponentState.STOPPED
             c.status.next_restart_in = None

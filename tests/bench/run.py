@@ -125,9 +125,11 @@ def modbus_workload(
             if not line.startswith("ready"):
                 raise RuntimeError(f"simulator did not start: {line!r}")
         log(f"{name}: {len(procs)} simulator processes, {endpoints} endpoints, {devices} units")
+        gw_log = (work / "gateway.log").open("w")
         gw = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_path)],
             stdout=subprocess.DEVNULL,
+            stderr=gw_log,
         )
         procs.append(gw)
         url = f"http://127.0.0.1:{api_port}"
@@ -191,8 +193,14 @@ def modbus_workload(
             "seconds": round(wall, 1),
         }
         gw.send_signal(signal.SIGTERM)
+        t_stop = time.monotonic()
         rc = gw.wait(timeout=60)
+        result["shutdown_s"] = round(time.monotonic() - t_stop, 2)
         result["clean_shutdown"] = rc == 0
+        if rc != 0:
+            gw_log.flush()
+            tail = (work / "gateway.log").read_text().splitlines()[-15:]
+            log(f"{name}: gateway exited {rc} on SIGTERM; last log lines:\n" + "\n".join(tail))
         return result
     finally:
         for p in reversed(procs):
