@@ -283,18 +283,7 @@ class ModbusDriver:
                         for planned in req.points:
                             results.append(await self._probe_one(unit, req.table, planned))
                         continue
-                    for planned in req.points:
-                        value, quality, reason = _decode_point(planned, data)
-                        results.append(
-                            ProbeResult(
-                                unit.id,
-                                planned.point.name,
-                                quality is not Quality.BAD,
-                                value,
-                                planned.point.unit,
-                                reason or "",
-                            )
-                        )
+                    results += [_probe_result(unit.id, p, data) for p in req.points]
         return results
 
     # -- polling -------------------------------------------------------------------------
@@ -482,15 +471,21 @@ class ModbusDriver:
             data = await self._read(unit, single)
         except (DeviceError, TransportError) as exc:
             return ProbeResult(unit.id, planned.point.name, False, reason=str(exc))
-        value, quality, reason = _decode_point(single.points[0], data)
-        return ProbeResult(
-            unit.id,
-            planned.point.name,
-            quality is not Quality.BAD,
-            value,
-            planned.point.unit,
-            reason or "",
-        )
+        return _probe_result(unit.id, single.points[0], data)
+
+
+def _probe_result(
+    device: str, planned: PlannedPoint, data: Sequence[int] | Sequence[bool]
+) -> ProbeResult:
+    value, quality, reason = _decode_point(planned, data)
+    return ProbeResult(
+        device,
+        planned.point.name,
+        quality is not Quality.BAD,
+        value,
+        planned.point.unit,
+        reason or "",
+    )
 
 
 def _decode_point(
