@@ -242,6 +242,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "p99_ms",
         "dropped",
         "polls_failed",
+        "shutdown_s",
     ]
     heads = [
         "workload",
@@ -253,6 +254,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "p99 ms",
         "dropped",
         "failed polls",
+        "SIGTERM stop s",
     ]
     rows = [[str(r.get(c, "")) for c in cols] for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
