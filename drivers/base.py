@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from gateway.readings import Batch, Value
+from gateway.types import DataClass
 
 Emit = Callable[[Batch], None]
 
@@ -59,6 +60,26 @@ class DeviceHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class PointSpec:
+    """A point a driver produces, declared up front so the API can list it before any value.
+
+    `id` is `<device>.<name>`, where `device` is what `/devices` shows health for: the config
+    device for Modbus and OPC UA, the equipment named in the topic for MQTT. `source` is the
+    config device (connection) it arrives through.
+    """
+
+    id: str
+    device: str
+    name: str
+    source: str
+    unit: str = ""
+    data_type: str = ""
+    data_class: DataClass = DataClass.PUBLIC
+    writable: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """One line of the commissioning report."""
 
@@ -77,6 +98,8 @@ class Driver(Protocol):
     async def run(self) -> None: ...
 
     def health(self) -> list[DeviceHealth]: ...
+
+    def points(self) -> list[PointSpec]: ...
 
     async def close(self) -> None: ...
 

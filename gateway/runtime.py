@@ -80,11 +80,10 @@ class Gateway:
         self._api_server: Any = None
         self._api_socket: socket.socket | None = None
         self.api_port: int | None = None
-        self.points = _point_index(loaded)
-        units = [(d, loaded.profile_for(d)) for d in self.config.devices]
-        self.drivers: list[Driver] = build_drivers(units, self.bus.publish)
+        self.drivers: list[Driver] = build_drivers(loaded, self.bus.publish)
+        self.points = _point_index(loaded, self.drivers)
         self._driver_of: dict[str, Driver] = {
-            dev: drv for drv in self.drivers for dev in getattr(drv, "devices", [])
+            spec.device: drv for drv in self.drivers for spec in drv.points()
         }
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -260,28 +259,30 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _point_index(loaded: LoadedConfig) -> dict[str, PointInfo]:
-    equipment_of: dict[tuple[str, str], list[str]] = {}
-    for eq in loaded.config.equipment:
-        profile = loaded.profiles[
-            next(d.profile for d in loaded.config.devices if d.id == eq.device)
-        ]
-        names = eq.points or [p.name for p in profile.points]
-        for name in names:
-            equipment_of.setdefault((eq.device, name), []).append(eq.id)
+def _point_index(loaded: LoadedConfig, drivers: list[Driver]) -> dict[str, PointInfo]:
+    """Every point the drivers declare, with the equipment it describes: an equipment entry
+    covers the points of its device (all, or those it lists), or, for transports where
+    the topic names the machine (MQTT), the points whose device is the equipment itself."""
     index: dict[str, PointInfo] = {}
-    for device in loaded.config.devices:
-        for p in loaded.profile_for(device).points:
-            pid = f"{device.id}.{p.name}"
-            index[pid] = PointInfo(
-                id=pid,
-                device=device.id,
-                name=p.name,
-                unit=p.unit,
-                data_type=str(p.data_type),
-                data_class=p.data_class,
-                writable=p.writable,
-                equipment=tuple(equipment_of.get((device.id, p.name), ())),
-                description=p.description,
+    equipment = loaded.config.equipment
+    for drv in drivers:
+        for spec in drv.points():
+            owners = tuple(
+                eq.id
+                for eq in equipment
+                if eq.device == spec.source
+                and spec.device in (spec.source, eq.id)
+                and (not eq.points or spec.name in eq.points)
+            )
+            index[spec.id] = PointInfo(
+                id=spec.id,
+                device=spec.device,
+                name=spec.name,
+                unit=spec.unit,
+                data_type=spec.data_type,
+                data_class=spec.data_class,
+                writable=spec.writable,
+                equipment=owners,
+                description=spec.description,
             )
     return index

@@ -30,7 +30,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
-from drivers.base import DeviceHealth, DeviceState, Emit, ProbeResult
+from drivers.base import DeviceHealth, DeviceState, Emit, PointSpec, ProbeResult
 from drivers.modbus import codec
 from drivers.modbus.config import (
     ModbusPoint,
@@ -158,6 +158,23 @@ class ModbusDriver:
 
     def health(self) -> list[DeviceHealth]:
         return [u.health for u in self._units.values()]
+
+    def points(self) -> list[PointSpec]:
+        return [
+            PointSpec(
+                id=f"{unit.id}.{p.name}",
+                device=unit.id,
+                name=p.name,
+                source=unit.id,
+                unit=p.unit,
+                data_type=str(p.data_type),
+                data_class=p.data_class,
+                writable=p.writable,
+                description=p.description,
+            )
+            for unit in self._units.values()
+            for p in unit.profile.points
+        ]
 
     async def run(self) -> None:
         """Poll every enabled unit's groups on their intervals until cancelled."""
