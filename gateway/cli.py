@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 from gateway.configload import LoadedConfig, load_config
@@ -67,6 +68,29 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a config file and print a summary")
     val.add_argument("-c", "--config", required=True, help="gateway YAML file")
     val.set_defaults(func=cmd_validate)
+
+    disc = sub.add_parser("discover", help="find devices and write a starting profile")
+    dsub = disc.add_subparsers(title="protocols", metavar="PROTOCOL")
+    dm = dsub.add_parser("modbus", help="scan unit ids and readable ranges on Modbus TCP")
+    dm.add_argument("url", help="tcp://HOST:PORT")
+    dm.add_argument("--units", default="1-10", help="unit ids to try, e.g. 1-10 or 1,3,5")
+    dm.add_argument(
+        "--tables",
+        default="holding_register,input_register,coil,discrete_input",
+        help="comma-separated tables to scan",
+    )
+    dm.add_argument("--max-address", type=int, default=1000, help="scan addresses below this")
+    dm.add_argument("--timeout", type=float, default=0.5, help="seconds per request")
+    dm.add_argument(
+        "--guess",
+        action="append",
+        default=[],
+        metavar="TABLE:ADDRESS:LOW:HIGH",
+        help="suggest the type and byte/word order of the 32-bit value at ADDRESS whose "
+        "plausible range is LOW..HIGH (repeatable)",
+    )
+    dm.add_argument("--out", help="folder to write one starting profile per answering unit")
+    dm.set_defaults(func=cmd_discover_modbus)
 
     chk = sub.add_parser("check", help="commissioning report: probe every device and point once")
     chk.add_argument("-c", "--config", required=True, help="gateway YAML file")
@@ -198,6 +222,100 @@ async def run_demo(args: argparse.Namespace) -> int:
             "also /health, /metrics, /docs; Ctrl-C stops"
         )
         return await _serve(loaded, args.duration, banner)
+
+
+# -- discover -----------------------------------------------------------------------------
+
+
+def cmd_discover_modbus(args: argparse.Namespace) -> int:
+    from drivers.modbus.config import Table
+    from drivers.modbus.discover import parse_tcp_url, parse_units
+
+    try:
+        host, port = parse_tcp_url(args.url)
+        units = parse_units(args.units)
+        tables = [Table(t.strip()) for t in args.tables.split(",") if t.strip()]
+        guesses = [_parse_guess(g) for g in args.guess]
+    except ValueError as exc:
+        print(f"millrace discover: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(_discover_modbus(args, host, port, units, tables, guesses))
+
+
+def _parse_guess(text: str) -> tuple[Any, int, float, float]:
+    from drivers.modbus.config import Table
+
+    parts = text.split(":")
+    if len(parts) != 4:
+        raise ValueError(f"--guess is TABLE:ADDRESS:LOW:HIGH (got {text!r})")
+    try:
+        return Table(parts[0]), int(parts[1]), float(parts[2]), float(parts[3])
+    except ValueError:
+        raise ValueError(f"--guess is TABLE:ADDRESS:LOW:HIGH (got {text!r})") from None
+
+
+async def _discover_modbus(
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    units: list[int],
+    tables: list[Any],
+    guesses: list[tuple[Any, int, float, float]],
+) -> int:
+    from drivers.modbus.discover import ModbusScanner, order_candidates
+
+    def progress(msg: str) -> None:
+        print(f"  {msg}", file=sys.stderr, flush=True)
+
+    found = 0
+    async with ModbusScanner(
+        host, port, timeout=args.timeout, max_address=args.max_address, progress=progress
+    ) as scanner:
+        for i, unit in enumerate(units, 1):
+            print(f"[{i}/{len(units)}] unit {unit}…", file=sys.stderr, flush=True)
+            if not await scanner.alive(unit):
+                continue
+            found += 1
+            report = await scanner.readable(unit, tables)
+            print(f"unit {unit}: answers ({report.requests} requests)")
+            for table, runs in report.ranges.items():
+                shown = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in runs) or "none"
+                print(f"  {table:<17} {shown}")
+            chosen = {}
+            for table, address, low, high in guesses:
+                try:
+                    regs = await scanner.read_pair(unit, table, address)
+                except ValueError as exc:
+                    print(f"  guess {table} {address}: {exc}")
+                    continue
+                cands = order_candidates(regs, low, high)
+                if not cands:
+                    print(f"  guess {table} {address} {regs}: nothing lands in {low}..{high}")
+                    continue
+                best = cands[0]
+                chosen[(table, address)] = best
+                others = ", ".join(f"{c.data_type} {c.order}={c.value:.6g}" for c in cands[1:4])
+                print(
+                    f"  guess {table} {address} {regs}: {best.data_type} {best.order} = "
+                    f"{best.value:.6g}" + (f"  (also: {others})" if others else "")
+                )
+            if args.out:
+                _write_profile(Path(args.out), unit, report, chosen)
+    print(f"{found} of {len(units)} unit ids answered on tcp://{host}:{port}")
+    return EXIT_OK if found else EXIT_FAILURES
+
+
+def _write_profile(out: Path, unit: int, report: Any, chosen: dict[Any, Any]) -> None:
+    import yaml
+
+    from drivers.modbus.discover import starting_profile
+
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"discovered-unit-{unit}"
+    path = out / f"{name}.yaml"
+    profile = starting_profile(name, report, chosen)
+    path.write_text(yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
+    print(f"  wrote {path}")
 
 
 # -- check ---------------------------------------------------------------------------------

@@ -202,3 +202,29 @@ def test_kill_9_loses_no_committed_reading(sim_port: int, tmp_path: Path) -> Non
     with sqlite3.connect(db) as con:
         count, lo, hi = con.execute("SELECT count(*), min(id), max(id) FROM readings").fetchone()
     assert lo == 1 and count == hi and hi > seen_max
+
+
+def test_discover_modbus_finds_units_ranges_and_byte_order(sim_port: int, tmp_path: Path) -> None:
+    out = tmp_path / "profiles"
+    run = subprocess.run(
+        [*MILLRACE, "discover", "modbus", f"tcp://127.0.0.1:{sim_port}", "--units", "1-3",
+         "--max-address", "260", "--guess", "input_register:0:0:500",
+         "--guess", "holding_register:102:0:2000", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    text = run.stdout
+    assert "2 of 3 unit ids answered" in text
+    assert "input_register    0-17, 20-25" in text  # the pump's map, gaps and all
+    assert "holding_register  100-121, 200-205" in text  # the press's
+    assert "guess input_register 0" in text and "float32 CDAB" in text  # flow_rate
+    assert "float32 ABCD" in text  # roller_load
+    assert "[1/3] unit 1" in run.stderr  # progress
+    profile = yaml.safe_load((out / "discovered-unit-1.yaml").read_text())
+    ir0 = next(p for p in profile["points"] if p["name"] == "ir0")
+    assert ir0["data_type"] == "float32" and ir0["order"] == "CDAB"
+    assert not any(p["name"] == "ir1" for p in profile["points"])  # covered by the float
+    # The written profile is a valid profile a config can use as it is.
+    from drivers.modbus.config import ModbusProfile
+
+    assert len(ModbusProfile.model_validate(profile).points) > 20
