@@ -45,12 +45,20 @@ fmt: $(VENV)/.dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# socat makes the pseudo-terminal pair the Modbus RTU tests run over.
+# socat makes the pseudo-terminal pair the Modbus RTU tests run over; mosquitto is the real
+# broker the MQTT tests start on a free port (its system service is not used).
+SYSTEM_TOOLS := socat:socat mosquitto:mosquitto
 system-deps:
-	@command -v socat >/dev/null 2>&1 || { \
-	  echo "installing socat (Modbus RTU tests)"; \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing (test dependencies)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq socat >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 clean:
 	rm -rf $(VENV) .millrace-demo .pytest_cache .ruff_cache .hypothesis
