@@ -9,6 +9,7 @@ gateway knows which protocols exist.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from drivers.base import Driver, Emit
@@ -16,23 +17,58 @@ from drivers.base import Driver, Emit
 if TYPE_CHECKING:
     from gateway.configload import LoadedConfig
 
-#: protocol -> factory(units sharing one connection, emit, loaded config) -> Driver
-Factory = Callable[[Sequence[tuple[Any, Any]], Emit, "LoadedConfig"], Driver]
+#: (source device, topic, payload, reason): where a driver hands input it could not use.
+DeadLetterSink = Callable[[str, str, bytes, str], None]
 
 
-def _modbus(units: Sequence[tuple[Any, Any]], emit: Emit, loaded: LoadedConfig) -> Driver:
+@dataclass(frozen=True)
+class DriverContext:
+    emit: Emit
+    loaded: LoadedConfig
+    dead_letter: DeadLetterSink | None = None
+
+
+#: protocol -> factory(units sharing one connection, context) -> Driver
+Factory = Callable[[Sequence[tuple[Any, Any]], DriverContext], Driver]
+
+
+def _modbus(units: Sequence[tuple[Any, Any]], ctx: DriverContext) -> Driver:
     from drivers.modbus.driver import ModbusDriver
 
-    return ModbusDriver(units, emit)
+    return ModbusDriver(units, ctx.emit)
+
+
+def _opcua(units: Sequence[tuple[Any, Any]], ctx: DriverContext) -> Driver:
+    from drivers.opcua.driver import OpcuaDriver
+
+    return OpcuaDriver(units, ctx.emit)
+
+
+def _mqtt(units: Sequence[tuple[Any, Any]], ctx: DriverContext) -> Driver:
+    from drivers.mqtt.driver import MqttDriver
+
+    device = units[0][0]
+    equipment = [eq.id for eq in ctx.loaded.config.equipment if eq.device == device.id]
+    return MqttDriver(
+        units,
+        ctx.emit,
+        equipment=equipment,
+        dead_letter=ctx.dead_letter,
+        base_dir=ctx.loaded.base_dir,
+    )
 
 
 _FACTORIES: dict[str, Factory] = {
     "modbus-tcp": _modbus,
     "modbus-rtu": _modbus,
+    "opcua": _opcua,
+    "mqtt": _mqtt,
 }
 
 
-def build_drivers(loaded: LoadedConfig, emit: Emit) -> list[Driver]:
+def build_drivers(
+    loaded: LoadedConfig, emit: Emit, dead_letter: DeadLetterSink | None = None
+) -> list[Driver]:
     """One driver per connection key, in config order."""
     groups: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
     for device in loaded.config.devices:
@@ -43,5 +79,5 @@ def build_drivers(loaded: LoadedConfig, emit: Emit) -> list[Driver]:
         factory = _FACTORIES.get(protocol)
         if factory is None:  # pragma: no cover - the config union admits nothing else
             raise ValueError(f"no driver for protocol {protocol}")
-        drivers.append(factory(units, emit, loaded))
+        drivers.append(factory(units, DriverContext(emit, loaded, dead_letter)))
     return drivers

@@ -82,6 +82,16 @@ class HistoryItem(BaseModel):
     ts_gateway: str
 
 
+class DeadLetterOut(BaseModel):
+    id: int
+    ts: str
+    source: str
+    topic: str
+    reason: str
+    payload: str
+    payload_size: int
+
+
 class HistoryOut(BaseModel):
     point: str
     unit: str
@@ -213,6 +223,27 @@ def create_app(gw: "Gateway") -> FastAPI:
         return HistoryOut(
             point=point_id, unit=gw.points[point_id].unit, count=len(items), items=items
         )
+
+    @app.get("/dead-letters", response_model=list[DeadLetterOut])
+    async def dead_letters(
+        source: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[DeadLetterOut]:
+        """Input a driver could not use (unparsable payloads, unknown equipment), newest
+        first, with why it was refused and the first bytes as text (invalid UTF-8 escaped)."""
+        rows = await gw.store.dead_letters(limit=limit, source=source)
+        return [
+            DeadLetterOut(
+                id=d.id,
+                ts=iso(d.ts) or "",
+                source=d.source,
+                topic=d.topic,
+                reason=d.reason,
+                payload=d.payload.decode("utf-8", errors="backslashreplace"),
+                payload_size=d.payload_size,
+            )
+            for d in rows
+        ]
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:

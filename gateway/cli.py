@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -92,6 +93,50 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", help="folder to write one starting profile per answering unit")
     dm.set_defaults(func=cmd_discover_modbus)
 
+    do = dsub.add_parser("opcua", help="browse an OPC UA server and write a starting profile")
+    do.add_argument("url", help="opc.tcp://HOST:PORT[/path]")
+    do.add_argument("--depth", type=int, default=5, help="levels below Objects to browse")
+    do.add_argument(
+        "--include",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="keep only browse paths matching (repeatable)",
+    )
+    do.add_argument(
+        "--exclude",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="skip browse paths matching (repeatable)",
+    )
+    do.add_argument("--max-nodes", type=int, default=2000)
+    do.add_argument("--name", default="discovered", help="profile name")
+    do.add_argument("--out", help="write the profile YAML here (default: print it)")
+    do.add_argument("--security-policy", default="None", choices=["None", "Basic256Sha256"])
+    do.add_argument("--security-mode", default="None", choices=["None", "Sign", "SignAndEncrypt"])
+    do.add_argument("--certificate", help="client certificate (see millrace certs)")
+    do.add_argument("--private-key", help="client private key")
+    do.add_argument("--application-uri", help="must match the certificate's URI")
+    do.add_argument("--username")
+    do.add_argument(
+        "--password-env", metavar="NAME", help="read the password from this environment variable"
+    )
+    do.set_defaults(func=cmd_discover_opcua)
+
+    certs = sub.add_parser("certs", help="create the OPC UA client certificate and key")
+    certs.add_argument("--cert", default="millrace-client.der", help="certificate path")
+    certs.add_argument("--key", default="millrace-client.pem", help="private key path")
+    certs.add_argument(
+        "--application-uri",
+        required=True,
+        help="the ApplicationUri the gateway presents, e.g. urn:millrace:gw-01",
+    )
+    certs.add_argument("--hostname", default=None, help="DNS name in the certificate")
+    certs.add_argument("--days", type=int, default=3650)
+    certs.add_argument("--force", action="store_true", help="overwrite existing files")
+    certs.set_defaults(func=cmd_certs)
+
     chk = sub.add_parser("check", help="commissioning report: probe every device and point once")
     chk.add_argument("-c", "--config", required=True, help="gateway YAML file")
     chk.set_defaults(func=cmd_check)
@@ -125,11 +170,14 @@ def summary(loaded: LoadedConfig) -> str:
     ]
     for d in cfg.devices[:15]:
         profile = loaded.profile_for(d)
-        where = f"{d.connection_key}#{d.unit_id}"
+        unit = getattr(d, "unit_id", None)
+        where = d.connection_key.split("#")[0] + (f"#{unit}" if unit is not None else "")
+        pace = getattr(d, "poll_interval", None)
+        how = f"every {pace:g}s" if pace is not None and "modbus" in d.protocol else "subscribed"
         state = "" if d.enabled else "  (disabled)"
         lines.append(
-            f"  {d.id:<20} {d.protocol:<11} {where:<32} {profile.name:<18} "
-            f"{len(profile.points):>3} points every {d.poll_interval:g}s{state}"
+            f"  {d.id:<14} {d.protocol:<10} {where:<34} {profile.name:<16} "
+            f"{len(profile.points):>3} points {how}{state}"
         )
     if len(cfg.devices) > 15:
         lines.append(f"  ... and {len(cfg.devices) - 15} more")
@@ -201,20 +249,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
 async def run_demo(args: argparse.Namespace) -> int:
     from gateway.demo import demo_config
     from simulators.modbus_plant import ModbusPlant
+    from simulators.mqtt_broker import MiniBroker
+    from simulators.mqtt_farm import MqttFarm
+    from simulators.opcua_machine import OpcuaMachineLine
 
     data_dir = Path(args.data_dir)
-    async with ModbusPlant.tcp(
-        units=["pump-station:1", "sugarcane-press:2"],
-        host="127.0.0.1",
-        port=0,
-        wear_rate=args.wear_rate,
-    ) as plant:
+    async with contextlib.AsyncExitStack() as stack:
+        plant = await stack.enter_async_context(
+            ModbusPlant.tcp(
+                units=["pump-station:1", "sugarcane-press:2"],
+                host="127.0.0.1",
+                port=0,
+                wear_rate=args.wear_rate,
+            )
+        )
+        line = await stack.enter_async_context(OpcuaMachineLine(port=0, tick=1.0))
+        broker = await stack.enter_async_context(MiniBroker(port=0))
+        await stack.enter_async_context(
+            # 2 % malformed payloads: the demo shows them counted and dead-lettered.
+            MqttFarm(
+                "127.0.0.1",
+                broker.port,
+                machines=6,
+                interval=1.0,
+                mqtt_version="3.1.1",
+                malformed_rate=0.02,
+            )
+        )
         loaded = demo_config(
-            modbus_port=plant.port, api_host=args.host, api_port=args.port, data_dir=data_dir
+            modbus_port=plant.port,
+            api_host=args.host,
+            api_port=args.port,
+            data_dir=data_dir,
+            opcua_endpoint=line.endpoint,
+            mqtt_port=broker.port,
         )
         print(
-            f"millrace demo: plant simulator on 127.0.0.1:{plant.port} "
-            f"(pump station unit 1, cane press unit 2)",
+            f"millrace demo: Modbus plant on 127.0.0.1:{plant.port} (pump unit 1, press unit 2), "
+            f"OPC UA machine line on {line.endpoint}, farm fleet on MQTT 127.0.0.1:{broker.port}",
             flush=True,
         )
         banner = (
@@ -316,6 +388,65 @@ def _write_profile(out: Path, unit: int, report: Any, chosen: dict[Any, Any]) ->
     profile = starting_profile(name, report, chosen)
     path.write_text(yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
     print(f"  wrote {path}")
+
+
+def cmd_discover_opcua(args: argparse.Namespace) -> int:
+    from drivers.opcua.discover import discover_opcua, profile_yaml
+
+    password = os.environ.get(args.password_env) if args.password_env else None
+    print(f"browsing {args.url} (depth {args.depth})…", file=sys.stderr, flush=True)
+    try:
+        profile = asyncio.run(
+            discover_opcua(
+                args.url,
+                depth=args.depth,
+                include=args.include,
+                exclude=args.exclude,
+                max_nodes=args.max_nodes,
+                name=args.name,
+                security_policy=args.security_policy,
+                security_mode=args.security_mode,
+                certificate=args.certificate,
+                private_key=args.private_key,
+                application_uri=args.application_uri,
+                username=args.username,
+                password=password,
+            )
+        )
+    except (OSError, TimeoutError, ValueError) as exc:
+        print(f"millrace discover: {args.url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURES
+    text = profile_yaml(profile)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out} ({len(profile.get('points', []))} points)")
+    else:
+        print(text)
+    return EXIT_OK if profile.get("points") else EXIT_FAILURES
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    import socket as _socket
+
+    from drivers.opcua.certs import create_client_certificate
+
+    for path in (args.cert, args.key):
+        if Path(path).exists() and not args.force:
+            print(f"millrace certs: {path} exists (use --force to replace it)", file=sys.stderr)
+            return EXIT_FAILURES
+    cert, key = create_client_certificate(
+        args.cert,
+        args.key,
+        application_uri=args.application_uri,
+        hostname=args.hostname or _socket.gethostname(),
+        days=args.days,
+    )
+    print(f"certificate {cert}\nprivate key {key} (keep it readable by the gateway only)")
+    print(
+        f"use in the device config: certificate: {cert}, private_key: {key}, "
+        f"application_uri: {args.application_uri}"
+    )
+    return EXIT_OK
 
 
 # -- check ---------------------------------------------------------------------------------

@@ -13,13 +13,24 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from drivers.modbus.config import ModbusProfile, ModbusRtuDevice, ModbusTcpDevice
+from drivers.mqtt.config import MqttDevice, MqttProfile
+from drivers.opcua.config import OpcuaDevice, OpcuaProfile
 from gateway.types import ByteSize, DataClass, Duration, Name
 
-DeviceConfig = Annotated[ModbusTcpDevice | ModbusRtuDevice, Field(discriminator="protocol")]
-ProfileConfig = Annotated[ModbusProfile, Field(discriminator="protocol")]
+DeviceConfig = Annotated[
+    ModbusTcpDevice | ModbusRtuDevice | OpcuaDevice | MqttDevice, Field(discriminator="protocol")
+]
+ProfileConfig = Annotated[
+    ModbusProfile | OpcuaProfile | MqttProfile, Field(discriminator="protocol")
+]
 
 #: Which profile protocol each device protocol reads.
-PROFILE_PROTOCOL = {"modbus-tcp": "modbus", "modbus-rtu": "modbus"}
+PROFILE_PROTOCOL = {
+    "modbus-tcp": "modbus",
+    "modbus-rtu": "modbus",
+    "opcua": "opcua",
+    "mqtt": "mqtt",
+}
 
 
 class _Strict(BaseModel):

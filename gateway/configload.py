@@ -29,7 +29,7 @@ from gateway.config import PROFILE_PROTOCOL, DeviceConfig, GatewayConfig, Profil
 from gateway.errors import ConfigError
 
 _SECRET_RE = re.compile(r"\$\{(env|file):([^}]+)\}")
-_TAG_SEGMENTS = {"modbus-tcp", "modbus-rtu", "modbus"}
+_TAG_SEGMENTS = {"modbus-tcp", "modbus-rtu", "modbus", "opcua", "mqtt"}
 _MAX_SHOWN = 60
 
 BUILTIN_PROFILES = Path(str(resources.files("drivers") / "profiles"))
@@ -274,6 +274,8 @@ def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str
                 )
             elif profile is not None and PROFILE_PROTOCOL.get(proto) == "modbus":
                 problems += _modbus_limits(i, dev, profile)
+            elif profile is not None and proto == "mqtt" and profile.protocol == "mqtt":
+                problems += _mqtt_pairing(i, dev, profile)
             if profile is not None and PROFILE_PROTOCOL.get(proto) not in (
                 None,
                 profile.protocol,
@@ -336,6 +338,21 @@ def _modbus_limits(i: int, dev: dict[str, Any], profile: Any) -> list[str]:
         f"needs {p.width} registers in one read (got {limit})"
         for p in profile.points
         if not p.table.is_bits and p.width > limit
+    ]
+
+
+def _mqtt_pairing(i: int, dev: dict[str, Any], profile: Any) -> list[str]:
+    """Checks that need the MQTT device and its profile together (topic placeholders the
+    profile's format needs, for instance)."""
+    from drivers.mqtt.config import MqttDevice, check_profile
+
+    try:
+        device = MqttDevice.model_validate(dev)
+    except ValidationError:
+        return []  # already reported by pass 2
+    return [
+        f"devices.{i}.{line.split(': ', 1)[0]}: {line.split(': ', 1)[-1]} (got {profile.name})"
+        for line in check_profile(device, profile)
     ]
 
 

@@ -104,4 +104,6 @@ def setup_logging(level: str = "info", fmt: str = "json", secrets: Iterable[str]
     root.setLevel(level.upper())
     # pymodbus logs every failed request at ERROR; the driver logs transitions instead.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # asyncua narrates every node it adds and every session at INFO.
+    logging.getLogger("asyncua").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

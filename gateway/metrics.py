@@ -113,6 +113,12 @@ def render(gw: Gateway) -> str:
     )
 
     out.family(
+        "millrace_device_stat",
+        "gauge",
+        "Protocol-specific per-device figures (MQTT messages, parse errors by reason, ...).",
+        [({**lb, "stat": k}, v) for lb, h in dev for k, v in sorted(h.extra.items())],
+    )
+    out.family(
         "millrace_bus_batches_total", "counter", "Batches published.", [({}, gw.bus.batches)]
     )
     out.family(

@@ -80,7 +80,9 @@ class Gateway:
         self._api_server: Any = None
         self._api_socket: socket.socket | None = None
         self.api_port: int | None = None
-        self.drivers: list[Driver] = build_drivers(loaded, self.bus.publish)
+        self.drivers: list[Driver] = build_drivers(
+            loaded, self.bus.publish, dead_letter=self.store.dead_letter
+        )
         self.points = _point_index(loaded, self.drivers)
         self._driver_of: dict[str, Driver] = {
             spec.device: drv for drv in self.drivers for spec in drv.points()

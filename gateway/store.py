@@ -26,6 +26,13 @@ readings are all in `StoreStats.dropped`, persisted in the `counters` table.
 
 Acks, registrations and counters are written by the writer thread too; `ack()` returns once its
 cursor is committed, so an uplink never re-reads what it acked, even after a crash.
+
+Dead letters (messages a driver received but could not use: unparsable, too large, unknown
+equipment) go the same way: `dead_letter()` only enqueues (bounded; refusals are counted as
+`dead_letters_dropped`), the writer commits them with the next transaction into the
+`dead_letters` table, which keeps the newest `DEAD_LETTERS_KEEP` with each payload cut to
+`DEAD_LETTER_PAYLOAD_MAX` bytes. The table is created on open when missing, so files written
+before it existed open unchanged (same schema version: older gateways ignore the table).
 """
 
 from __future__ import annotations
@@ -59,6 +66,14 @@ SCHEMA_VERSION = 1
 
 #: Reasons a reading can be counted as dropped (the first three are the documented policy).
 DROP_REASONS = ("queue_full", "store_full", "oldest_unsent")
+
+#: Bytes of a dead letter's payload that are kept (its full size is recorded beside it).
+DEAD_LETTER_PAYLOAD_MAX = 4096
+#: Dead letters kept in the file: the newest ones; older ones are deleted as new ones arrive.
+DEAD_LETTERS_KEEP = 10_000
+#: Dead letters waiting for the writer before `dead_letter()` refuses (and counts) more.
+DEAD_LETTERS_QUEUE_MAX = 1000
+_DEAD_TEXT_MAX = 1024  # source, topic and reason are cut to this many characters
 
 # `kind` column: the Python type of the value, so that it comes back exactly as it went in
 # (SQLite has no bool and turns NaN into NULL).
@@ -103,6 +118,15 @@ CREATE TABLE IF NOT EXISTS latest(
 );
 CREATE TABLE IF NOT EXISTS consumers(name TEXT PRIMARY KEY, cursor INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    source TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    payload_size INTEGER NOT NULL
+);
 """
 
 # Row tuples are (id, point, ts_gateway, ts_source, quality, kind, value, reason) for both
@@ -142,6 +166,15 @@ _LATEST_COLS = (
     "l.reading_id, p.name, l.kind, l.value, l.quality, l.ts_gateway, l.ts_source, l.reason"
 )
 _SELECT_LATEST = f"SELECT {_LATEST_COLS} FROM latest l JOIN points p ON p.id = l.point"
+_INSERT_DEAD = (
+    "INSERT INTO dead_letters(ts, source, topic, reason, payload, payload_size)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_DEAD_COLS = "id, ts, source, topic, reason, payload, payload_size"
+_SELECT_DEAD = f"SELECT {_DEAD_COLS} FROM dead_letters ORDER BY id DESC LIMIT ?"
+_SELECT_DEAD_SOURCE = (
+    f"SELECT {_DEAD_COLS} FROM dead_letters WHERE source = ? ORDER BY id DESC LIMIT ?"
+)
 
 #: Readings deleted per retention transaction: bounds how long intake waits behind it.
 _RETENTION_CHUNK = 10_000
@@ -166,6 +199,21 @@ class StoredReading:
     ts_gateway: float
     ts_source: float | None
     reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message a driver could not use, kept for the technician: where it came from, why it
+    was refused, and its first `DEAD_LETTER_PAYLOAD_MAX` bytes (`payload_size` is the size
+    the store was handed)."""
+
+    id: int
+    ts: float
+    source: str
+    topic: str
+    reason: str
+    payload: bytes
+    payload_size: int
 
 
 @dataclass(slots=True)
@@ -199,6 +247,10 @@ class StoreStats:
     consumers: dict[str, int] = field(default_factory=dict)
     #: The writer's current failure, None while it commits fine.
     last_error: str | None = None
+    #: Dead letters held in the file (at most DEAD_LETTERS_KEEP).
+    dead_letters: int = 0
+    #: Dead letters refused because DEAD_LETTERS_QUEUE_MAX were already waiting (persistent).
+    dead_letters_dropped: int = 0
 
 
 class _State(enum.Enum):
@@ -266,6 +318,9 @@ class Store:
         self._batches_committed = 0
         self._acks_pending: dict[str, int] = {}
         self._regs_pending: dict[str, int] = {}
+        self._dead_pending: list[tuple[float, str, str, str, bytes, int]] = []
+        self._dead_letters_keep = DEAD_LETTERS_KEEP
+        self._dead_refusing = False
         self._ops_enqueued = 0
         self._ops_committed = 0
         self._waiters: list[tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -282,6 +337,8 @@ class Store:
         self._counters_written = 0
         self._counters_pending: int | None = None
         self._rows = 0
+        self._dead_rows = 0
+        self._dead_dropped = 0
         self._bytes_used = 0
         self._page_size = 4096
         self._over_cap = False
@@ -426,8 +483,72 @@ class Store:
             if self._state in (_State.NEW, _State.OPENING):
                 raise StoreError(f"store {self.path}: flush() before open()")
             fut = self._add_waiter(_WAIT_BATCHES, self._batches_enqueued)
-        if fut is not None:
-            await asyncio.wait_for(fut, timeout)
+            # Dead letters (and acks, registrations) ride on the ops counter.
+            ops = self._add_waiter(_WAIT_OPS, self._ops_enqueued)
+        if fut is not None and ops is not None:
+            await asyncio.wait_for(asyncio.gather(fut, ops), timeout)
+        elif fut is not None or ops is not None:
+            await asyncio.wait_for(fut or ops, timeout)  # type: ignore[arg-type]
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letter(self, source: str, topic: str, payload: bytes, reason: str) -> None:
+        """Keep a message a driver received but could not use. Never blocks, never touches
+        the disk: the writer commits it with its next transaction.
+
+        The payload is cut to DEAD_LETTER_PAYLOAD_MAX bytes here (its size is kept), so a
+        flood of huge messages costs bounded memory. When DEAD_LETTERS_QUEUE_MAX already wait,
+        the letter is counted as `dead_letters_dropped` instead: dead letters are evidence,
+        not data, and must never hold back readings.
+        """
+        size = len(payload)
+        row = (
+            self._clock(),
+            str(source)[:_DEAD_TEXT_MAX],
+            str(topic)[:_DEAD_TEXT_MAX],
+            str(reason)[:_DEAD_TEXT_MAX],
+            bytes(memoryview(payload)[:DEAD_LETTER_PAYLOAD_MAX]),
+            size,
+        )
+        with self._lock:
+            if self._state is not _State.OPEN:
+                raise StoreError(f"store {self.path}: dead_letter() in state {self._state.value}")
+            if len(self._dead_pending) >= DEAD_LETTERS_QUEUE_MAX:
+                self._dead_dropped += 1
+                self._counters_version += 1
+                first = self._dead_dropped == 1 or not self._dead_refusing
+                self._dead_refusing = True
+            else:
+                self._dead_pending.append(row)
+                self._dead_refusing = False
+                self._ops_enqueued += 1
+                self._cond.notify()
+                return
+        if first:
+            log.warning(
+                "store refuses dead letters: too many waiting",
+                extra={
+                    "store_path": str(self.path),
+                    "source": row[1],
+                    "waiting": len(self._dead_pending),
+                },
+            )
+
+    async def dead_letters(
+        self, *, limit: int = 100, source: str | None = None
+    ) -> list[DeadLetter]:
+        """The newest `limit` dead letters (of one `source`, the driver's device id, when
+        given), newest first."""
+        if limit <= 0:
+            return []
+        if source is None:
+            rows = await self._read(_fetch, _SELECT_DEAD, (limit,))
+        else:
+            rows = await self._read(_fetch, _SELECT_DEAD_SOURCE, (source, limit))
+        return [
+            DeadLetter(rid, ts, src, topic, reason, bytes(payload), size)
+            for rid, ts, src, topic, reason, payload, size in rows
+        ]
 
     # -- consumers (uplinks) ---------------------------------------------------------------
 
@@ -528,6 +649,8 @@ class Store:
                 last_id=self._last_id,
                 consumers=dict(self._cursors),
                 last_error=self._last_error,
+                dead_letters=self._dead_rows,
+                dead_letters_dropped=self._dead_dropped,
             )
 
     # -- loop-side helpers -----------------------------------------------------------------
@@ -668,9 +791,12 @@ class Store:
         self._rows = rows
         self._point_ids = dict(conn.execute("SELECT name, id FROM points"))
         self._cursors = dict(conn.execute("SELECT name, cursor FROM consumers"))
+        self._dead_rows = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
         for name, value in conn.execute("SELECT name, value FROM counters"):
             if name == "trimmed":
                 self._trimmed = value
+            elif name == "dead_letters.dropped":
+                self._dead_dropped = value
             elif name.startswith("dropped."):
                 self._dropped[name.removeprefix("dropped.")] = value
         self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -684,13 +810,19 @@ class Store:
         group_n = 0
         acks: dict[str, int] = {}
         regs: dict[str, int] = {}
+        dead: list[tuple[float, str, str, str, bytes, int]] = []
         ops_mark = self._ops_committed
         failures = 0
         next_housekeeping = time.monotonic() + self._housekeeping_interval
         while True:
             with self._cond:
-                if not group and not acks and not regs:
-                    while not (self._queue or self._acks_pending or self._regs_pending):
+                if not group and not acks and not regs and not dead:
+                    while not (
+                        self._queue
+                        or self._acks_pending
+                        or self._regs_pending
+                        or self._dead_pending
+                    ):
                         if self._stopping or self._abort.is_set():
                             break
                         remaining = next_housekeeping - time.monotonic()
@@ -715,8 +847,11 @@ class Store:
                 regs.update(self._regs_pending)
                 self._acks_pending.clear()
                 self._regs_pending.clear()
+                if self._dead_pending:
+                    dead += self._dead_pending
+                    self._dead_pending = []
                 ops_mark = self._ops_enqueued
-                idle = not (group or acks or regs)
+                idle = not (group or acks or regs or dead)
                 if idle and self._stopping and not self._queue:
                     break
             if self._abort.is_set():
@@ -724,13 +859,13 @@ class Store:
 
             if not idle:
                 try:
-                    self._write(group, group_n, acks, regs, ops_mark)
+                    self._write(group, group_n, acks, regs, ops_mark, dead)
                 except Exception as exc:
                     failures += 1
                     self._failed("commit", exc, group_n, failures)
                     self._abort.wait(min(self._max_backoff, 0.05 * 2 ** min(failures, 10)))
                     continue
-                group, group_n, acks, regs = [], 0, {}, {}
+                group, group_n, acks, regs, dead = [], 0, {}, {}, []
                 if failures:
                     self._recovered(failures)
                     failures = 0
@@ -766,6 +901,9 @@ class Store:
             self._inflight = 0
             if lost:
                 self._dropped["close_timeout"] = self._dropped.get("close_timeout", 0) + lost
+            # Dead letters given up with the writer: counted in memory (the file cannot take it).
+            self._dead_dropped += len(dead) + len(self._dead_pending)
+            self._dead_pending = []
         if lost:
             log.error(
                 "store closed with readings not committed",
@@ -798,13 +936,23 @@ class Store:
         )
 
     def _write(
-        self, group: list[Batch], n: int, acks: dict[str, int], regs: dict[str, int], ops: int
+        self,
+        group: list[Batch],
+        n: int,
+        acks: dict[str, int],
+        regs: dict[str, int],
+        ops: int,
+        dead: list[tuple[float, str, str, str, bytes, int]],
     ) -> None:
         """Commit one gathered group plus ops, then publish the result to everyone waiting."""
         try:
-            rows, new_points, invalid = self._transaction(group, acks, regs, slow=False)
+            rows, new_points, invalid, dead_deleted = self._transaction(
+                group, acks, regs, dead, slow=False
+            )
         except _Slow:
-            rows, new_points, invalid = self._transaction(group, acks, regs, slow=True)
+            rows, new_points, invalid, dead_deleted = self._transaction(
+                group, acks, regs, dead, slow=True
+            )
         now = self._clock()
         if group:
             for ts, count in Counter(map(_TS, itertools.chain.from_iterable(group))).items():
@@ -823,15 +971,23 @@ class Store:
             self._ops_committed = max(self._ops_committed, ops)
             for name, upto in acks.items():
                 self._cursors[name] = max(self._cursors.get(name, upto), upto)
-        if rows or acks:
+            self._dead_rows += len(dead) - dead_deleted
+        if rows or acks or dead:
             self._measure(self._db)
 
     def _transaction(
-        self, group: list[Batch], acks: dict[str, int], regs: dict[str, int], *, slow: bool
-    ) -> tuple[list[tuple[Any, ...]], dict[str, int], int]:
+        self,
+        group: list[Batch],
+        acks: dict[str, int],
+        regs: dict[str, int],
+        dead: list[tuple[float, str, str, str, bytes, int]],
+        *,
+        slow: bool,
+    ) -> tuple[list[tuple[Any, ...]], dict[str, int], int, int]:
         start = self._last_id + 1
         new_points: dict[str, int] = {}
         invalid = 0
+        dead_deleted = 0
         rows: list[tuple[Any, ...]] = []
         with self._txn() as conn:
             if group:
@@ -858,8 +1014,16 @@ class Store:
                 conn.executemany(_REGISTER, regs.items())
             if acks:
                 conn.executemany(_ACK, [(upto, name) for name, upto in acks.items()])
+            if dead:
+                conn.executemany(_INSERT_DEAD, dead)
+                # Ids only grow and rows leave only from the oldest end, so this keeps the
+                # newest `_dead_letters_keep` (one indexed range delete, no count(*)).
+                dead_deleted = conn.execute(
+                    "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
+                    (self._dead_letters_keep,),
+                ).rowcount
             self._put_counters(conn, {"dropped.invalid": invalid} if invalid else {})
-        return rows, new_points, invalid
+        return rows, new_points, invalid, dead_deleted
 
     def _rows_fast(
         self, group: list[Batch], start: int, new_points: dict[str, int]
@@ -1083,6 +1247,8 @@ class Store:
                 return
             values = {f"dropped.{k}": v for k, v in self._dropped.items()}
             values["trimmed"] = self._trimmed
+            if self._dead_dropped:
+                values["dead_letters.dropped"] = self._dead_dropped
         for name, n in delta.items():
             values[name] = values.get(name, 0) + n
         conn.executemany(_UPSERT_COUNTER, values.items())
@@ -1208,4 +1374,13 @@ def _fetch_latest(conn: sqlite3.Connection, names: list[str]) -> list[tuple[Any,
     return out
 
 
-__all__ = ["DROP_REASONS", "Store", "StoreStats", "StoredReading"]
+__all__ = [
+    "DEAD_LETTERS_KEEP",
+    "DEAD_LETTERS_QUEUE_MAX",
+    "DEAD_LETTER_PAYLOAD_MAX",
+    "DROP_REASONS",
+    "DeadLetter",
+    "Store",
+    "StoreStats",
+    "StoredReading",
+]

@@ -88,9 +88,13 @@ class MiniBroker:
             self._server.close()
         for c in list(self._clients):
             c.writer.close()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Closing the sockets ends each handler's read; cancelling them instead makes
+        # asyncio's stream callback log the CancelledError as an error.
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=2.0)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

@@ -144,8 +144,23 @@ def test_demo_serves_live_values_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             pts = json.loads(get(api + "/points"))
             return [p for p in pts if p["quality"] == "good"]
 
-        first = wait_for(lambda: len(good_points()) >= 30 and good_points(), what="live values")
-        assert {p["device"] for p in first} == {"pump-1", "press-1"}
+        first = wait_for(
+            lambda: {"pump-1", "press-1"} <= {p["device"] for p in good_points()} and good_points(),
+            what="live Modbus values",
+        )
+
+        def protocols_online() -> set[str]:
+            devices = json.loads(get(api + "/devices"))
+            return {d["protocol"] for d in devices if d["state"] == "online"}
+
+        wait_for(
+            lambda: protocols_online() == {"modbus-tcp", "opcua", "mqtt"},
+            what="all three protocols online",
+        )
+        mill = json.loads(get(api + "/points?equipment=mill-1"))
+        assert any(p["name"] == "mill1_spindle_speed" and p["quality"] == "good" for p in mill)
+        tractor = json.loads(get(api + "/points?equipment=tractor-01"))
+        assert any(p["name"] == "engine_rpm" and isinstance(p["value"], int) for p in tractor)
         before = {p["id"]: p["value"] for p in first}
         time.sleep(2.5)
         after = {p["id"]: p["value"] for p in good_points()}
@@ -228,3 +243,44 @@ def test_discover_modbus_finds_units_ranges_and_byte_order(sim_port: int, tmp_pa
     from drivers.modbus.config import ModbusProfile
 
     assert len(ModbusProfile.model_validate(profile).points) > 20
+
+
+def test_certs_and_discover_opcua_from_the_command_line(tmp_path: Path) -> None:
+    cert, key = tmp_path / "client.der", tmp_path / "client.pem"
+    made = subprocess.run(
+        [*MILLRACE, "certs", "--cert", str(cert), "--key", str(key),
+         "--application-uri", "urn:millrace:test-gw"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert cert.stat().st_size > 300 and (key.stat().st_mode & 0o077) == 0  # key not shared
+    again = subprocess.run(
+        [*MILLRACE, "certs", "--cert", str(cert), "--key", str(key),
+         "--application-uri", "urn:millrace:test-gw"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 1 and "--force" in again.stderr
+
+    port = free_port()
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "simulators.opcua_machine", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert sim.stdout is not None and "opc.tcp://" in sim.stdout.readline()
+        out = tmp_path / "found.yaml"
+        run = subprocess.run(
+            [*MILLRACE, "discover", "opcua", f"opc.tcp://127.0.0.1:{port}", "--depth", "3",
+             "--include", "*Mill2*", "--name", "found", "--out", str(out)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        from drivers.opcua.config import OpcuaProfile
+
+        profile = OpcuaProfile.model_validate(yaml.safe_load(out.read_text()))
+        assert len(profile.points) >= 10
+        assert all("Mill2" in (p.node or "") for p in profile.points)
+        assert all((p.node or "").startswith("nsu=") for p in profile.points)  # URI, not index
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        assert sim.wait(timeout=20) == 0
