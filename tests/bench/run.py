@@ -70,13 +70,127 @@ def vm_hwm_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
+def start_sims(commands: list[list[str]], ready: str) -> list[subprocess.Popen[bytes]]:
+    """Start simulator processes and wait for each to print its ready line."""
+    procs = []
+    for cmd in commands:
+        sim = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        procs.append(sim)
+        assert sim.stdout is not None
+        line = sim.stdout.readline().decode()
+        if ready not in line:
+            raise RuntimeError(f"simulator did not start: {line!r}")
+    return procs
+
+
+def measure_gateway(
+    name: str,
+    work: Path,
+    cfg: dict[str, Any],
+    procs: list[subprocess.Popen[bytes]],
+    *,
+    devices: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Run `millrace run` on `cfg`, wait for `devices` online, warm up, measure, stop."""
+    api_port = free_port()
+    cfg = {
+        **cfg,
+        "api": {"host": "127.0.0.1", "port": api_port},
+        "logging": {"level": "warning", "format": "text"},
+    }
+    cfg_path = work / "gateway.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    gw_log = (work / "gateway.log").open("w")
+    gw = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=gw_log,
+    )
+    procs.append(gw)
+    url = f"http://127.0.0.1:{api_port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            health = json.loads(urllib.request.urlopen(url + "/health", timeout=2).read())
+            if health["devices_online"] >= devices:
+                break
+            progress = f"{health['devices_online']}/{devices} online"
+        except OSError:
+            progress = "starting"
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"devices not online in 90 s ({progress})")
+        time.sleep(1)
+    log(f"{name}: all {devices} devices online; warming up {WARMUP:.0f} s")
+    time.sleep(WARMUP)
+    proc = psutil.Process(gw.pid)
+    m0, c0, t0 = scrape(url), proc.cpu_times(), time.monotonic()
+    p50s: list[float] = []
+    p99s: list[float] = []
+    rss_peak_sampled = 0.0
+    while (elapsed := time.monotonic() - t0) < SECONDS:
+        time.sleep(1)
+        m = scrape(url)
+        p50 = m.get('millrace_store_commit_latency_seconds{quantile="0.5"}')
+        p99 = m.get('millrace_store_commit_latency_seconds{quantile="0.99"}')
+        if p50 is not None and p50 == p50:
+            p50s.append(p50)
+        if p99 is not None and p99 == p99:
+            p99s.append(p99)
+        rss_peak_sampled = max(rss_peak_sampled, proc.memory_info().rss / 1024**2)
+        if int(elapsed) % 10 == 0:
+            log(f"{name}: measuring {elapsed:.0f}/{SECONDS:.0f} s")
+    m1, c1, t1 = scrape(url), proc.cpu_times(), time.monotonic()
+    wall = t1 - t0
+    committed = m1["millrace_store_committed_total"] - m0["millrace_store_committed_total"]
+    cpu = (c1.user + c1.system - c0.user - c0.system) / wall * 100
+    dropped = sum(v for k, v in m1.items() if k.startswith("millrace_store_dropped_total"))
+    polls_failed = sum(
+        v
+        for k, v in m1.items()
+        if k.startswith("millrace_device_polls_total") and 'result="failed"' in k
+    )
+    result: dict[str, Any] = {
+        "name": name,
+        **extra,
+        "points_per_s": round(committed / wall, 1),
+        "cpu_pct": round(cpu, 1),
+        "rss_mb": round(max(vm_hwm_mb(gw.pid), rss_peak_sampled), 1),
+        "p50_ms": round(statistics.median(p50s) * 1000, 1) if p50s else None,
+        "p99_ms": round(max(p99s) * 1000, 1) if p99s else None,
+        "dropped": int(dropped),
+        "polls_failed": int(polls_failed),
+        "seconds": round(wall, 1),
+    }
+    gw.send_signal(signal.SIGTERM)
+    t_stop = time.monotonic()
+    rc = gw.wait(timeout=60)
+    result["shutdown_s"] = round(time.monotonic() - t_stop, 2)
+    result["clean_shutdown"] = rc == 0
+    if rc != 0:
+        gw_log.flush()
+        tail = (work / "gateway.log").read_text().splitlines()[-15:]
+        log(f"{name}: gateway exited {rc} on SIGTERM; last log lines:\n" + "\n".join(tail))
+    return result
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def modbus_workload(
     name: str, *, devices: int = 500, endpoints: int = 10, sim_procs: int = 2
 ) -> dict[str, Any]:
+    """500 Modbus TCP units x 30 points polled every second (15,000 points/s)."""
     per_endpoint = devices // endpoints
     work = Path(tempfile.mkdtemp(prefix="millrace-bench-"))
     ports = [free_port() for _ in range(endpoints)]
-    api_port = free_port()
     cfg = {
         "gateway": {"id": "bench-gw", "site": "bench"},
         "profile_paths": [str(HERE / "profiles")],
@@ -95,127 +209,155 @@ def modbus_workload(
             for u in range(1, per_endpoint + 1)
         ],
         "store": {"path": str(work / "bench.db"), "max_bytes": "4GiB"},
-        "api": {"host": "127.0.0.1", "port": api_port},
-        "logging": {"level": "warning", "format": "text"},
     }
-    cfg_path = work / "gateway.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
+    chunk = (endpoints + sim_procs - 1) // sim_procs
+    commands = [
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.sim_farm",
+            "--ports",
+            ",".join(map(str, ports[i * chunk : (i + 1) * chunk])),
+            "--units",
+            f"bench-30:1-{per_endpoint}",
+        ]
+        for i in range(sim_procs)
+        if ports[i * chunk : (i + 1) * chunk]
+    ]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        chunk = (endpoints + sim_procs - 1) // sim_procs
-        for i in range(sim_procs):
-            mine = ports[i * chunk : (i + 1) * chunk]
-            if not mine:
-                continue
-            sim = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.bench.sim_farm",
-                    "--ports",
-                    ",".join(map(str, mine)),
-                    "--units",
-                    f"bench-30:1-{per_endpoint}",
-                ],
-                stdout=subprocess.PIPE,
-            )
-            procs.append(sim)
-            assert sim.stdout is not None
-            line = sim.stdout.readline().decode()
-            if not line.startswith("ready"):
-                raise RuntimeError(f"simulator did not start: {line!r}")
+        procs += start_sims(commands, "ready")
         log(f"{name}: {len(procs)} simulator processes, {endpoints} endpoints, {devices} units")
-        gw_log = (work / "gateway.log").open("w")
-        gw = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=gw_log,
-        )
-        procs.append(gw)
-        url = f"http://127.0.0.1:{api_port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                health = json.loads(urllib.request.urlopen(url + "/health", timeout=2).read())
-                if health["devices_online"] == devices:
-                    break
-                progress = f"{health['devices_online']}/{devices} online"
-            except OSError:
-                progress = "starting"
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"devices not online in 90 s ({progress})")
-            time.sleep(1)
-        log(f"{name}: all {devices} devices online; warming up {WARMUP:.0f} s")
-        time.sleep(WARMUP)
-        proc = psutil.Process(gw.pid)
-        m0, c0, t0 = scrape(url), proc.cpu_times(), time.monotonic()
-        p50s: list[float] = []
-        p99s: list[float] = []
-        rss_peak_sampled = 0.0
-        while (elapsed := time.monotonic() - t0) < SECONDS:
-            time.sleep(1)
-            m = scrape(url)
-            p50 = m.get('millrace_store_commit_latency_seconds{quantile="0.5"}')
-            p99 = m.get('millrace_store_commit_latency_seconds{quantile="0.99"}')
-            if p50 == p50 and p50 is not None:
-                p50s.append(p50)
-            if p99 == p99 and p99 is not None:
-                p99s.append(p99)
-            rss_peak_sampled = max(rss_peak_sampled, proc.memory_info().rss / 1024**2)
-            if int(elapsed) % 10 == 0:
-                log(f"{name}: measuring {elapsed:.0f}/{SECONDS:.0f} s")
-        m1, c1, t1 = scrape(url), proc.cpu_times(), time.monotonic()
-        wall = t1 - t0
-        committed = m1["millrace_store_committed_total"] - m0["millrace_store_committed_total"]
-        cpu = (c1.user + c1.system - c0.user - c0.system) / wall * 100
-        dropped = sum(v for k, v in m1.items() if k.startswith("millrace_store_dropped_total"))
-        polls_failed = sum(
-            v
-            for k, v in m1.items()
-            if k.startswith("millrace_device_polls_total") and 'result="failed"' in k
-        )
-        overruns = sum(
-            v for k, v in m1.items() if k.startswith("millrace_device_poll_overruns_total")
-        )
-        result = {
-            "name": name,
-            "devices": devices,
-            "points_per_device": 30,
-            "target_points_per_s": devices * 30,
-            "points_per_s": round(committed / wall, 1),
-            "cpu_pct": round(cpu, 1),
-            "rss_mb": round(max(vm_hwm_mb(gw.pid), rss_peak_sampled), 1),
-            "p50_ms": round(statistics.median(p50s) * 1000, 1) if p50s else None,
-            "p99_ms": round(max(p99s) * 1000, 1) if p99s else None,
-            "dropped": int(dropped),
-            "polls_failed": int(polls_failed),
-            "poll_overruns": int(overruns),
-            "seconds": round(wall, 1),
-        }
-        gw.send_signal(signal.SIGTERM)
-        t_stop = time.monotonic()
-        rc = gw.wait(timeout=60)
-        result["shutdown_s"] = round(time.monotonic() - t_stop, 2)
-        result["clean_shutdown"] = rc == 0
-        if rc != 0:
-            gw_log.flush()
-            tail = (work / "gateway.log").read_text().splitlines()[-15:]
-            log(f"{name}: gateway exited {rc} on SIGTERM; last log lines:\n" + "\n".join(tail))
-        return result
+        extra = {"devices": devices, "target_points_per_s": devices * 30}
+        return measure_gateway(name, work, cfg, procs, devices=devices, extra=extra)
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        _stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 
-WORKLOADS = [
-    lambda: modbus_workload("modbus-500x30", devices=500, endpoints=10, sim_procs=2),
-]
+def opcua_workload(name: str, *, nodes: int = 1000, tick: float = 0.2) -> dict[str, Any]:
+    """1,000 OPC UA nodes changing every `tick` seconds, read through one subscription."""
+    work = Path(tempfile.mkdtemp(prefix="millrace-bench-"))
+    port = free_port()
+    profile = {
+        "name": "bench-opcua",
+        "protocol": "opcua",
+        "namespaces": {"ml": "urn:millrace:sim:machine-line"},
+        "points": [
+            {
+                "name": f"n{i:04d}",
+                "node": f"nsu=ml;s=Bench.Node{i:04d}",
+                "sampling_interval": tick / 2,
+            }
+            for i in range(nodes)
+        ],
+    }
+    (work / "profiles").mkdir()
+    (work / "profiles" / "bench-opcua.yaml").write_text(yaml.safe_dump(profile))
+    cfg = {
+        "gateway": {"id": "bench-gw", "site": "bench"},
+        "profile_paths": [str(work / "profiles")],
+        "devices": [
+            {
+                "id": "line",
+                "protocol": "opcua",
+                "endpoint": f"opc.tcp://127.0.0.1:{port}",
+                "profile": "bench-opcua",
+                "publishing_interval": tick / 2,
+            }
+        ],
+        "store": {"path": str(work / "bench.db"), "max_bytes": "4GiB"},
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs += start_sims(
+            [
+                [
+                    sys.executable,
+                    "-m",
+                    "simulators.opcua_machine",
+                    "--port",
+                    str(port),
+                    "--bench-nodes",
+                    str(nodes),
+                    "--bench-tick",
+                    str(tick),
+                ]
+            ],
+            "opc.tcp://",
+        )
+        log(f"{name}: OPC UA simulator with {nodes} nodes changing every {tick} s")
+        extra = {"devices": 1, "target_points_per_s": round(nodes / tick)}
+        return measure_gateway(name, work, cfg, procs, devices=1, extra=extra)
+    finally:
+        _stop(procs)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def mqtt_workload(name: str, *, rate: float = 2000, machines: int = 30) -> dict[str, Any]:
+    """Farm telemetry at `rate` JSON messages/s through a real Mosquitto (23 points each)."""
+    work = Path(tempfile.mkdtemp(prefix="millrace-bench-"))
+    port = free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    ids = [
+        f"{k}-{i // 3 + 1:02d}"
+        for i, k in zip(range(machines), ["tractor", "harvester", "drone"] * machines, strict=False)
+    ]
+    cfg = {
+        "gateway": {"id": "bench-gw", "site": "bench"},
+        "devices": [
+            {
+                "id": "coop",
+                "protocol": "mqtt",
+                "host": "127.0.0.1",
+                "port": port,
+                "profile": "farm-machinery",
+                "topics": ["coop/{equipment}/telemetry"],
+            }
+        ],
+        "equipment": [{"id": i, "type": "farm_machine", "device": "coop"} for i in ids],
+        "store": {"path": str(work / "bench.db"), "max_bytes": "4GiB"},
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        broker = subprocess.Popen(
+            [mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        procs.append(broker)
+        time.sleep(0.5)
+        procs += start_sims(
+            [
+                [
+                    sys.executable,
+                    "-m",
+                    "simulators.mqtt_farm",
+                    "--port",
+                    str(port),
+                    "--machines",
+                    str(machines),
+                    "--rate",
+                    str(rate),
+                ]
+            ],
+            "MQTT farm simulator",
+        )
+        log(f"{name}: Mosquitto + farm simulator publishing {rate:.0f} messages/s")
+        extra = {"devices": machines, "target_messages_per_s": rate}
+        result = measure_gateway(name, work, cfg, procs, devices=machines, extra=extra)
+        result["messages_per_s"] = round(result["points_per_s"] / 23, 1)
+        return result
+    finally:
+        _stop(procs)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+WORKLOADS = {
+    "modbus": lambda: modbus_workload("modbus-500x30", devices=500, endpoints=10, sim_procs=2),
+    "opcua": lambda: opcua_workload("opcua-1000-nodes", nodes=1000, tick=0.2),
+    "mqtt": lambda: mqtt_workload("mqtt-farm-2000msg", rate=2000, machines=30),
+}
 
 
 def machine() -> str:
@@ -242,6 +384,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "p99_ms",
         "dropped",
         "polls_failed",
+        "messages_per_s",
         "shutdown_s",
     ]
     heads = [
@@ -254,9 +397,14 @@ def table(results: list[dict[str, Any]]) -> str:
         "p99 ms",
         "dropped",
         "failed polls",
+        "MQTT msg/s",
         "SIGTERM stop s",
     ]
     rows = [[str(r.get(c, "")) for c in cols] for r in results]
+    # target column: points/s for polled and subscribed workloads, messages/s for MQTT
+    for r, row in zip(results, rows, strict=True):
+        if "target_messages_per_s" in r:
+            row[2] = f"{r['target_messages_per_s']:g} msg/s"
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
     line = " | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))
     out = [line, "-+-".join("-" * w for w in widths)]
@@ -265,9 +413,14 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
+    chosen = os.environ.get("BENCH_ONLY", ",".join(WORKLOADS)).split(",")
     results = []
-    for workload in WORKLOADS:
-        results.append(workload())
+    for key in chosen:
+        try:
+            results.append(WORKLOADS[key.strip()]())
+        except Exception as exc:  # one broken workload must not hide the others' figures
+            log(f"{key}: failed: {exc}")
+            results.append({"name": key, "error": str(exc)})
     print(f"\nMillrace bench on {machine()}")
     print(f"warm-up {WARMUP:.0f} s, measured {SECONDS:.0f} s per workload\n")
     print(table(results))
