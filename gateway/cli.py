@@ -122,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     do.add_argument(
         "--password-env", metavar="NAME", help="read the password from this environment variable"
     )
+    do.add_argument("--server-certificate", help="pin the server's certificate")
+    do.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
     do.set_defaults(func=cmd_discover_opcua)
 
     certs = sub.add_parser("certs", help="create the OPC UA client certificate and key")
@@ -409,11 +411,13 @@ def cmd_discover_opcua(args: argparse.Namespace) -> int:
                 certificate=args.certificate,
                 private_key=args.private_key,
                 application_uri=args.application_uri,
+                server_certificate=args.server_certificate,
                 username=args.username,
                 password=password,
+                timeout=args.timeout,
             )
         )
-    except (OSError, TimeoutError, ValueError) as exc:
+    except (MillraceError, OSError, TimeoutError, ValueError) as exc:
         print(f"millrace discover: {args.url}: {exc}", file=sys.stderr)
         return EXIT_FAILURES
     text = profile_yaml(profile)
@@ -441,7 +445,11 @@ def cmd_certs(args: argparse.Namespace) -> int:
         hostname=args.hostname or _socket.gethostname(),
         days=args.days,
     )
-    print(f"certificate {cert}\nprivate key {key} (keep it readable by the gateway only)")
+    from drivers.opcua.certs import read_certificate
+
+    print(f"certificate {cert} (thumbprint {read_certificate(cert).thumbprint})")
+    print(f"private key {key} (keep it readable by the gateway only)")
+    print("copy the certificate, never the key, to the server's trusted list")
     print(
         f"use in the device config: certificate: {cert}, private_key: {key}, "
         f"application_uri: {args.application_uri}"
