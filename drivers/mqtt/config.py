@@ -17,6 +17,7 @@ should the config loader's cross-check pass).
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -111,8 +112,8 @@ class MqttProfile(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        seen: set[str] = set()
-        dupes = sorted({p.name for p in self.points if p.name in seen or seen.add(p.name)})
+        counts = Counter(p.name for p in self.points)
+        dupes = sorted(name for name, n in counts.items() if n > 1)
         if dupes:
             raise ValueError(f"duplicate point names: {', '.join(dupes)}")
         if self.csv_delimiter in '\r\n"':

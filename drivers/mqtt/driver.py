@@ -61,7 +61,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -220,7 +220,7 @@ class MqttDriver:
         self._running = False
         self._closed = False
         self._net_reason: str | None = None  # why the broker refused or dropped us (thread)
-        self._paho_error: str | None = None  # paho's last logged error (thread)
+        self._paho_error: str | None = None  # paho's first error this attempt (thread)
         self._session_up = False  # CONNACK accepted on the current socket (thread)
         self._received = 0  # messages paho handed over (thread)
 
@@ -289,6 +289,11 @@ class MqttDriver:
             reason = f"TLS setup failed: {exc}"
             self._mark_all_down(reason)
             raise TransportError(f"device {self._device.id}: {reason}") from exc
+        if not self._equipment and not self._device.accept_unknown_equipment:
+            log.warning(
+                "mqtt device has no equipment: every message will be dead-lettered",
+                extra=self._ctx(),
+            )
         self._stop.clear()
         self._running = True
         self._thread = threading.Thread(
@@ -367,17 +372,14 @@ class MqttDriver:
     def _tls_context(self) -> ssl.SSLContext:
         tls = self._device.tls
         assert tls is not None
-        ca = self._path(tls.ca)
-        ctx = ssl.create_default_context(cafile=ca)
-        if tls.cert is not None:
+        ctx = ssl.create_default_context(cafile=self._path(tls.ca) if tls.ca else None)
+        if tls.cert is not None and tls.key is not None:
             ctx.load_cert_chain(self._path(tls.cert), self._path(tls.key))
         if tls.insecure:
             ctx.check_hostname = False  # the chain is still verified against the CA
         return ctx
 
-    def _path(self, value: str | None) -> str | None:
-        if value is None:
-            return None
+    def _path(self, value: str) -> str:
         p = Path(value)
         if not p.is_absolute() and self._base_dir is not None:
             p = self._base_dir / p
@@ -505,7 +507,8 @@ class MqttDriver:
                 )
                 client.subscribe([(f, opts) for f in self._filters])
             else:
-                client.subscribe([(f, qos) for f in self._filters])
+                plain: list[tuple[str, int]] = [(f, qos) for f in self._filters]
+                client.subscribe(plain)
             self._post(self._on_connected, bool(flags.session_present))
         except Exception:  # pragma: no cover - defensive: never kill the network thread
             log.exception("mqtt on_connect failed", extra=self._ctx())
@@ -544,7 +547,8 @@ class MqttDriver:
         except UnicodeDecodeError:
             topic = None
         self._received += 1
-        item = (topic, msg.payload, bool(msg.dup))
+        # Typed bytes | bytearray; paho's decode_publish always produces bytes.
+        item = (topic, cast(bytes, msg.payload), bool(msg.dup))
         with self._inbox_cond:
             # Backpressure: hold paho (and so the PUBACK and the broker) while the loop catches
             # up, rather than growing without bound.
@@ -587,13 +591,14 @@ class MqttDriver:
         if self._loop is not None:
             self._loop.call_later(_LINGER, self._drain)
 
-    def _drain(self, *, final: bool = False) -> None:
-        """Parse what the network thread gathered and emit it as one batch per call."""
+    def _drain(self, *, final: bool = False, everything: bool = False) -> None:
+        """Parse what the network thread gathered and emit it as one batch per call
+        (`_DRAIN_MAX` messages at most, unless `everything` or `final`)."""
         if not self._running and not final:
             return  # run() is stopping: its final drain takes what is left
         with self._inbox_cond:
             inbox = self._inbox
-            if len(inbox) <= _DRAIN_MAX or final:
+            if len(inbox) <= _DRAIN_MAX or final or everything:
                 items, self._inbox = inbox, []
                 self._drain_scheduled = False
                 more = False
@@ -766,6 +771,8 @@ class MqttDriver:
     def _check_stale(self) -> None:
         if self._loop is None or self._closed:
             return
+        if self._inbox:
+            self._drain(everything=True)  # a message still lingering is not staleness
         loop_now = self._loop.time()
         stale_after = self._device.stale_after
         for eq in self._equipment.values():
@@ -817,6 +824,9 @@ class MqttDriver:
     def _on_lost(self, reason: str) -> None:
         if not self._running:
             return
+        # Messages that arrived before the break are still lingering: they go first, so
+        # they cannot bring an equipment back ONLINE after it was marked DOWN below.
+        self._drain(everything=True)
         self._connected = False
         self._conn_error = reason
         self._stats["disconnects"] += 1
@@ -826,6 +836,7 @@ class MqttDriver:
     def _on_connect_failed(self, reason: str) -> None:
         if not self._running:
             return
+        self._drain(everything=True)  # as in _on_lost
         self._connected = False
         self._stats["connect_failures"] += 1
         if reason != self._conn_error:  # log on change, not on every retry

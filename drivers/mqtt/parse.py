@@ -10,8 +10,10 @@ Transform order for one message:
 2. text: strict UTF-8 (a leading BOM is dropped) -> `not_utf8`;
 3. structure, by the profile's `format`:
    * `json`: `json.loads` with NaN/Infinity refused (`not_json`), nesting bounded to
-     `MAX_JSON_DEPTH` (`too_deep`); each point's field path is looked up (`engine.rpm`,
-     `readings[0].value`); a missing field or JSON `null` means "not in this message";
+     `MAX_JSON_DEPTH` (`too_deep`), the document an object or array (`wrong_type`); each
+     point's field path is looked up (`engine.rpm`, `readings[0].value`); a missing field or
+     JSON `null` means "not in this message", as does a timestamp path that runs into a
+     scalar;
    * `csv`: one line (after an optional header line), split with the `csv` module; each
      point reads its column; a missing or empty column means "not in this message";
    * `number`: the whole text is the one value (the point comes from the topic);
@@ -54,7 +56,7 @@ from gateway.readings import Value
 if TYPE_CHECKING:
     from drivers.mqtt.config import MqttPoint, MqttProfile
 
-#: Default and hard ceiling for one payload (the device's `max_payload_bytes` may lower it).
+#: Default bound for one payload (a device's `max_payload_bytes` overrides it, up to 16 MiB).
 DEFAULT_MAX_BYTES = 256 * 1024
 #: Nesting of JSON objects/arrays a payload may have. Telemetry needs 3-5; a deeper document
 #: is either broken or an attack on the parser.
@@ -175,7 +177,7 @@ def _lookup(doc: Any, path: tuple[PathSegment, ...]) -> Any:
     document has another shape than the path expects (a scalar where an object should be)."""
     node = doc
     for seg in path:
-        if type(seg) is str:
+        if isinstance(seg, str):
             if type(node) is not dict:
                 return _Mismatch(seg, node)
             node = node.get(seg, _MISSING)
@@ -460,9 +462,9 @@ class PayloadParser:
         for f in self._fields:
             # Hot path (every field of every message): the lookup inlined, and the exact
             # type each data type expects accepted without going through `coerce`.
-            node = doc
+            node: Any = doc
             for seg in f.path:
-                if type(seg) is str:
+                if isinstance(seg, str):
                     if type(node) is not dict:
                         node = _Mismatch(seg, node)
                         break

@@ -22,6 +22,8 @@ whole subtrees; `include` selects variables. The result is plain data: it valida
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import fnmatch
 import hashlib
@@ -35,8 +37,9 @@ from asyncua import ua
 from pydantic import SecretStr
 
 from drivers.opcua.config import OpcuaDevice
-from drivers.opcua.driver import connect_client, make_client
+from drivers.opcua.driver import connect_client, describe_error, make_client
 from drivers.opcua.nodeid import format_node_id
+from gateway.errors import TransportError
 
 __all__ = ["discover_opcua", "point_name", "profile_yaml"]
 
@@ -113,8 +116,10 @@ async def discover_opcua(
     """Browse `url` from Objects and return a starting profile (plain data; see module doc).
 
     Security arguments are those of an `opcua` device (validated the same way). Raises
-    `drivers.opcua.driver.SetupError` or an OSError / TimeoutError when the server cannot be
-    reached, and ValueError when nothing readable was found."""
+    ValueError for bad arguments or when nothing readable was found, `SetupError` for what
+    retrying will not fix (certificate files, ApplicationUri, refused identity), and
+    TransportError when the server cannot be reached or fails a request: all but the first
+    are `MillraceError`s, so a CLI catches `(MillraceError, ValueError)`."""
     if depth < 1:
         raise ValueError(f"depth must be at least 1 (got {depth})")
     if max_nodes < 1:
@@ -142,11 +147,13 @@ async def discover_opcua(
         namespaces = [str(u) for u in await client.get_namespace_array()]
         found, visited, truncated = await _browse(client, depth, exclude or (), max_nodes)
         points = await _describe_points(client, found, namespaces, include or ())
+    except (OSError, TimeoutError, ua.UaError) as exc:  # one error type for the CLI to catch
+        raise TransportError(f"{url}: {describe_error(exc)}") from exc
     finally:
-        try:
-            await client.disconnect()
-        finally:
-            client.disconnect_socket()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                await client.disconnect()
+        client.disconnect_socket()
     if not points:
         raise ValueError(
             f"no readable variables under Objects of {url} (depth {depth}"

@@ -87,7 +87,7 @@ from gateway.readings import Batch, Quality, Reading, Value, bad
 
 log = logging.getLogger("millrace.opcua")
 
-__all__ = ["OpcuaDriver", "SetupError", "connect_client", "make_client"]
+__all__ = ["OpcuaDriver", "SetupError", "connect_client", "describe_error", "make_client"]
 
 PRODUCT_URI = "urn:millrace:gateway"
 #: Requests are split into chunks of at most this many nodes unless the server says less.
@@ -293,6 +293,11 @@ def _describe(exc: BaseException) -> str:
         return exc.strerror.lower()
     text = str(exc).strip()
     return text or type(exc).__name__
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, technician-readable reason for an OPC UA failure (for messages and health)."""
+    return _describe(exc)
 
 
 def _read_file(path: str, what: str) -> bytes:

@@ -573,3 +573,24 @@ async def test_broker_down_at_start_then_up_needs_no_manual_step(
         published_after = len(got.readings())
     await asyncio.sleep(0.2)
     assert len(got.readings()) == published_after  # nothing after run() ended
+
+
+async def test_a_failing_dead_letter_sink_does_not_stop_intake(mosquitto: Mosquitto) -> None:
+    def broken_sink(*_: object) -> None:
+        raise RuntimeError("store closed")
+
+    got = Collector()
+    driver = driver_for(mosquitto, got, equipment=["tractor-01"], dead_letter=broken_sink)
+    async with running(driver):
+        await connected(driver)
+        async with MqttFarm(
+            mosquitto.host, mosquitto.port, machines=["tractor-01"], interval=0
+        ) as farm:
+            farm.publish_round()
+            farm.inject("not_json")
+            farm.publish_round()
+            await farm.drain()
+            await eventually(lambda: len(got.seqs("tractor-01")) == 2, "both good messages")
+    stats = driver.stats()
+    assert stats["errors.not_json"] == 1 and stats["dead_letter_failed"] == 1
+    assert got.seqs("tractor-01") == [0, 1]

@@ -542,6 +542,10 @@ async def test_discovery_profile_validates_and_reads_back(line: SimThread) -> No
     assert len(everything["points"]) == 3 * 18
     capped = await discover_opcua(line.endpoint, max_nodes=10)
     assert "stopped after 10 nodes" in capped["description"]
+    with pytest.raises(ValueError, match="no readable variables"):
+        await discover_opcua(line.endpoint, include=["NoSuchVariable"])
+    with pytest.raises(TransportError, match="connection refused"):
+        await discover_opcua(f"opc.tcp://127.0.0.1:{_free_port()}/")
 
     got = Collector()
     drv = OpcuaDriver([(device(line.endpoint, profile=prof.name), prof)], got)

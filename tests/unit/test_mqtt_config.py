@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from drivers.mqtt.config import MqttDevice, MqttProfile, check_profile
 from drivers.mqtt.parse import DataType, PayloadFormat, PayloadParser, TimestampForm
@@ -33,7 +33,7 @@ def profile(**over: Any) -> MqttProfile:
     return MqttProfile.model_validate({"name": "p", "points": [{"name": "v", "path": "v"}], **over})
 
 
-def refused(model: type, data: dict[str, Any], *fragments: str) -> str:
+def refused(model: type[BaseModel], data: dict[str, Any], *fragments: str) -> str:
     with pytest.raises(ValidationError) as err:
         model.model_validate(data)
     text = str(err.value)
