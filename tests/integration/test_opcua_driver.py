@@ -748,10 +748,13 @@ async def test_network_cut_is_noticed_by_the_keepalive_and_healed(line: SimThrea
             proxy.heal()
             await until(lambda: state(drv) is DeviceState.ONLINE, timeout=10)
             mark = got.mark()
-            await line.run(line.sim.step())
+            # An explicit new value: `step()` alone may not change the speed (no dataset next
+            # to the checkout means a synthetic signal on this fixture's stopped clock).
+            await line.run(line.sim.set_value("Mill1", "SpindleSpeed", 1234.5))
             await got.wait(
                 lambda: any(
-                    r.point == "line1.speed" and r.quality is Quality.GOOD for r in got.since(mark)
+                    r.point == "line1.speed" and r.quality is Quality.GOOD and r.value == 1234.5
+                    for r in got.since(mark)
                 )
             )
     finally:
