@@ -357,6 +357,9 @@ def _mqtt_pairing(i: int, dev: dict[str, Any], profile: Any) -> list[str]:
 
 
 def _connection_key(dev: dict[str, Any]) -> str | None:
+    """Computed from the raw dict on purpose (the models' `connection_key` needs a device
+    that validates): a unit-id clash is still reported when the same device has another,
+    unrelated error."""
     proto = dev.get("protocol")
     if proto == "modbus-tcp" and isinstance(dev.get("host"), str):
         return f"tcp://{dev['host']}:{dev.get('port', 502)}"
