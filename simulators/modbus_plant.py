@@ -61,7 +61,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import signal
 import sys
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -94,6 +93,7 @@ from drivers.modbus.codec import (
 )
 from drivers.modbus.config import ModbusPoint, ModbusProfile, Table
 from gateway.readings import Value
+from simulators._cli import run_cli, serve_until_signal
 from simulators.signals import Clock, GenericModel, SignalModel, model_for, unit_seed
 
 __all__ = [
@@ -1056,28 +1056,13 @@ async def _serve(args: argparse.Namespace) -> None:
         )  # fmt: skip
     else:
         plant = ModbusPlant.tcp(units, host=args.host, port=args.port, **common)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with plant:
-        print(plant.describe(), flush=True)
-        await stop.wait()
+    await serve_until_signal(plant, plant.describe)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator until SIGINT/SIGTERM; 0 on a clean stop, 2 on bad arguments."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        asyncio.run(_serve(args))
-    except (ValueError, OSError) as exc:
-        print(f"modbus_plant: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("modbus_plant", lambda: _serve(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

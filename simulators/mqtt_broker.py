@@ -16,9 +16,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import struct
+import sys
 from dataclasses import dataclass, field
+
+from simulators._cli import run_cli, serve_until_signal
 
 log = logging.getLogger("millrace.sim.broker")
 
@@ -226,23 +228,20 @@ class MiniBroker:
             self._clients.discard(client)
 
 
-async def _main(host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with MiniBroker(host, port) as broker:
-        print(f"demo MQTT 3.1.1 broker listening on {host}:{broker.port}", flush=True)
-        await stop.wait()
-
-
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     args = p.parse_args()
-    asyncio.run(_main(args.host, args.port))
+    broker = MiniBroker(args.host, args.port)
+    return run_cli(
+        "mqtt_broker",
+        lambda: serve_until_signal(
+            broker, lambda: f"demo MQTT 3.1.1 broker listening on {args.host}:{broker.port}"
+        ),
+        verbose=False,
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import random
-import signal
 import ssl
 import sys
 import threading
@@ -60,6 +59,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from simulators._cli import run_cli, stop_event
 
 __all__ = [
     "FIELDS",
@@ -662,10 +663,7 @@ async def _serve(args: argparse.Namespace) -> None:
         password=args.password,
         tls_ca=args.tls_ca,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     started = time.monotonic()
     await farm.start(wait=None)  # keep trying until a broker answers
     what = f"{args.rate:g} msg/s" if args.rate else f"every {args.interval:g} s"
@@ -692,16 +690,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGINT/SIGTERM or --duration; 0 on a clean stop, 2 on bad arguments."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        asyncio.run(_serve(args))
-    except (ValueError, OSError) as exc:
-        print(f"mqtt_farm: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("mqtt_farm", lambda: _serve(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

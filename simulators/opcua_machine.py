@@ -79,7 +79,6 @@ import logging
 import math
 import random
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -104,6 +103,7 @@ from cryptography.hazmat.primitives import serialization
 from drivers.opcua import certs
 from drivers.opcua.convert import to_value
 from gateway.readings import Value
+from simulators._cli import run_cli, serve_until_signal
 
 __all__ = [
     "DATASET",
@@ -962,30 +962,19 @@ async def _serve(args: argparse.Namespace) -> None:
         extra_nodes=args.bench_nodes,
         bench_tick=args.bench_tick,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with sim:
-        print(sim.describe(), flush=True)
-        await stop.wait()
+    await serve_until_signal(sim, sim.describe)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator until SIGINT/SIGTERM; 0 on a clean stop, 2 on bad arguments."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    return run_cli(
+        "opcua_machine",
+        lambda: _serve(args),
+        verbose=args.verbose,
+        verbose_level=logging.INFO,
+        quiet=("asyncua",),
     )
-    if not args.verbose:
-        logging.getLogger("asyncua").setLevel(logging.ERROR)
-    try:
-        asyncio.run(_serve(args))
-    except (ValueError, OSError) as exc:
-        print(f"opcua_machine: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

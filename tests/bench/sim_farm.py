@@ -8,19 +8,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 from pathlib import Path
 
+from simulators._cli import stop_event
 from simulators.modbus_plant import ModbusPlant
 
 PROFILES = Path(__file__).parent / "profiles"
 
 
 async def serve(ports: list[int], units: str) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     async with contextlib.AsyncExitStack() as stack:
         for port in ports:
             await stack.enter_async_context(
