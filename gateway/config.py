@@ -80,9 +80,9 @@ class StoreConfig(_Strict):
     #: Readings older than this leave history once every uplink has them.
     history_retention: Duration = 7 * 86400.0
     #: The writer commits flush_interval after the first waiting reading (or as soon as
-    #: batch_max wait). At 15k readings/s, 50 ms gives a poll-to-store p50 near 45 ms; 200 ms
-    #: gives ~200 ms but saves writer CPU once the file is large (28 % vs 20 % of a core at
-    #: 1.5M rows, measured on a 2-core VM). Raise it on a slow SD card or a busy Pi.
+    #: batch_max wait). At 15k readings/s, 50 ms gives a poll-to-store p50 near 45 ms
+    #: (make bench); a longer linger means fewer, larger commits and less writer CPU once the
+    #: file is large. Raise it on a slow SD card or a busy Pi.
     batch_max: int = Field(default=5000, ge=1, le=100_000)
     flush_interval: Duration = 0.05
     #: full survives power loss; normal survives a process crash (kill -9) and is faster.
