@@ -15,6 +15,12 @@ broker subscription) and the devices reached through it. Contract:
 
 Optional abilities are separate protocols: `Writer` (write a point), `Prober` (probe every
 point once for the commissioning report).
+
+Items. Some messages are not telemetry but one discrete thing each (a fruit on a grading line:
+its score record or its camera image). A driver that receives them hands each one, raw, to an
+`ItemSink` as an `Item`, on the event loop thread; items never become readings. The sink
+returns at once (it queues; the work happens elsewhere, e.g. the inference engine) and says
+False when it refused the item because it is full: the driver counts that, it does not retry.
 """
 
 from __future__ import annotations
@@ -28,6 +34,36 @@ from gateway.readings import Batch, Value
 from gateway.types import DataClass
 
 Emit = Callable[[Batch], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One discrete thing to process (a fruit on a grading line), handed over raw: a JSON
+    score record or the bytes of a camera image (JPEG/PNG), exactly as published. The driver
+    never parses it, so a consumer gets the bytes the device sent, and a payload that is not
+    telemetry never turns into bogus readings or dead letters.
+
+    `source` is the driver's device (connection) id; `equipment` the configured (or, with
+    `accept_unknown_equipment`, adopted) equipment named by the topic; `channel` the item
+    topic's configured name (`fruit`, `image`) and so how to read `payload`; `item_id` the
+    topic's `{item}` level as sent (untrusted text without `/`, possibly empty; None when the
+    template has no `{item}`); `ts_gateway` is `time.time()` when the message was received.
+    Under QoS 1 an item can arrive twice (after a reconnect): `item_id` is the key to
+    de-duplicate on where that matters.
+    """
+
+    source: str
+    equipment: str
+    channel: str
+    item_id: str | None
+    payload: bytes = field(repr=False)  # an image in a log line helps nobody
+    topic: str
+    ts_gateway: float
+
+
+#: Takes one item on the event loop thread and returns at once: True when accepted, False when
+#: it refused the item (its queue full). It must not block; the driver counts refusals.
+ItemSink = Callable[[Item], bool]
 
 
 class DeviceState(enum.StrEnum):

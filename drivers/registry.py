@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from drivers.base import Driver, Emit
+from drivers.base import Driver, Emit, ItemSink
 
 if TYPE_CHECKING:
     from gateway.configload import LoadedConfig
@@ -23,9 +23,13 @@ DeadLetterSink = Callable[[str, str, bytes, str], None]
 
 @dataclass(frozen=True)
 class DriverContext:
+    """What every factory gets: where readings, refused input and items go."""
+
     emit: Emit
     loaded: LoadedConfig
     dead_letter: DeadLetterSink | None = None
+    #: Receives discrete items (e.g. a fruit's image) from drivers that have item topics.
+    item_sink: ItemSink | None = None
 
 
 #: protocol -> factory(units sharing one connection, context) -> Driver
@@ -54,6 +58,7 @@ def _mqtt(units: Sequence[tuple[Any, Any]], ctx: DriverContext) -> Driver:
         ctx.emit,
         equipment=equipment,
         dead_letter=ctx.dead_letter,
+        item_sink=ctx.item_sink,
         base_dir=ctx.loaded.base_dir,
     )
 
@@ -67,9 +72,13 @@ _FACTORIES: dict[str, Factory] = {
 
 
 def build_drivers(
-    loaded: LoadedConfig, emit: Emit, dead_letter: DeadLetterSink | None = None
+    loaded: LoadedConfig,
+    emit: Emit,
+    dead_letter: DeadLetterSink | None = None,
+    item_sink: ItemSink | None = None,
 ) -> list[Driver]:
-    """One driver per connection key, in config order."""
+    """One driver per connection key, in config order. `item_sink` receives the items of
+    MQTT devices with item topics (without one, those items are dead-lettered)."""
     groups: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
     for device in loaded.config.devices:
         key = (device.protocol, device.connection_key)
@@ -79,5 +88,5 @@ def build_drivers(
         factory = _FACTORIES.get(protocol)
         if factory is None:  # pragma: no cover - the config union admits nothing else
             raise ValueError(f"no driver for protocol {protocol}")
-        drivers.append(factory(units, DriverContext(emit, loaded, dead_letter)))
+        drivers.append(factory(units, DriverContext(emit, loaded, dead_letter, item_sink)))
     return drivers

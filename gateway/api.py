@@ -1,6 +1,7 @@
-"""The local API (FastAPI). Read-only views for now: health, devices, points, history and
-metrics. It binds to 127.0.0.1 unless the config says otherwise; token roles arrive with the
-security work (issue 8), and until then no endpoint can change anything on a device.
+"""The local API (FastAPI). Read-only views for now: health, devices, points, history,
+models and metrics. It binds to 127.0.0.1 unless the config says otherwise; token roles
+arrive with the security work (issue 8), and until then no endpoint can change anything on a
+device.
 
 Timestamps are ISO 8601 in UTC with milliseconds; `since`/`until` accept ISO 8601 or epoch
 seconds.
@@ -90,6 +91,35 @@ class DeadLetterOut(BaseModel):
     reason: str
     payload: str
     payload_size: int
+
+
+class ModelOut(BaseModel):
+    id: str
+    model: str
+    version: str | None
+    file: str
+    equipment: str | None
+    state: str  # loading | ready | fallback | failed | disabled
+    error: str | None
+    providers: list[str]
+    trigger: str | None
+    latency_budget_ms: float | None
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    calls: int
+    rows_run: int
+    failures: int
+    fallback_runs: int
+    over_budget: int
+    rows_incomplete: int
+    items_in: int
+    items_refused: int
+    items_bad: int
+    queued: int
+    active_alarms: list[str]
+    last_run: str | None
+    last_values: dict[str, Value]
+    pool_available: bool | None
 
 
 class HistoryOut(BaseModel):
@@ -244,6 +274,13 @@ def create_app(gw: "Gateway") -> FastAPI:
             )
             for d in rows
         ]
+
+    @app.get("/models", response_model=list[ModelOut])
+    async def models() -> list[ModelOut]:
+        """Each bound model: state (a `fallback` model's manifest rules are running in its
+        place, `error` says why), call latency p50/p99 against its budget, counters, the
+        alarms it holds active and its newest outputs."""
+        return [ModelOut(**{**m, "last_run": iso(m["last_run"])}) for m in gw.engine.status()]
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:

@@ -1,4 +1,4 @@
-"""`millrace` command line: run, demo, validate, check.
+"""`millrace` command line: run, demo, validate, check, discover, certs, models.
 
 Exit codes: 0 success; 1 the command ran but found failures (a commissioning FAIL, a
 shutdown problem); 2 the configuration is invalid.
@@ -142,16 +142,100 @@ def _parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="commissioning report: probe every device and point once")
     chk.add_argument("-c", "--config", required=True, help="gateway YAML file")
     chk.set_defaults(func=cmd_check)
+
+    mdl = sub.add_parser("models", help="the ONNX models: list them, measure them")
+    msub = mdl.add_subparsers(title="models commands", metavar="WHAT")
+    ml = msub.add_parser("list", help="each model's version, task, checksum state and budget")
+    ml.add_argument("-c", "--config", help="gateway YAML (adds its model_paths)")
+    ml.set_defaults(func=cmd_models_list)
+    mb = msub.add_parser(
+        "bench", help="latency at 1 thread and at N threads, throughput, engine overhead"
+    )
+    mb.add_argument("-c", "--config", help="gateway YAML (adds its model_paths and threads)")
+    mb.add_argument("--model", action="append", help="only this model (repeatable)")
+    mb.add_argument("--threads", type=int, help="threads for the second measurement")
+    mb.add_argument("--calls", type=int, default=2000, help="timed calls per measurement")
+    mb.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    mb.set_defaults(func=cmd_models_bench)
     return p
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+def _model_folders(config: str | None) -> tuple[list[Path], int]:
+    from gateway.inference.config import BUILTIN_MODELS, model_folders
+
+    if config is None:
+        return [BUILTIN_MODELS], 1
+    loaded = load_config(config)
+    inf = loaded.config.inference
+    return model_folders(inf.model_paths, loaded.base_dir), inf.threads
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from gateway.inference.bench import discover
+    from gateway.inference.manifest import verify_file
+
+    folders, _ = _model_folders(args.config)
+    manifests, problems = discover([f for f in folders if f.is_dir()])
+    for lm in manifests:
+        checks = []
+        for key, spec in lm.m.files.items():
+            try:
+                verify_file(lm.folder / spec.path, spec)
+                checks.append(f"{key} ok")
+            except MillraceError as exc:
+                checks.append(f"{key} BAD ({exc})")
+        print(
+            f"{lm.m.name:<16} {lm.m.version:<8} run on {lm.m.run.on:<9} "
+            f"budget {lm.m.latency_budget_ms:g} ms  {', '.join(checks)}  [{lm.folder}]"
+        )
+    for p in problems:
+        print(f"BROKEN  {p}")
+    return EXIT_FAILURES if problems else EXIT_OK
+
+
+def cmd_models_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.inference.bench import run_bench, table
+
+    folders, threads = _model_folders(args.config)
+    threads = args.threads or max(threads, os.cpu_count() or 1)
+    report = run_bench(
+        args.model,
+        threads=threads,
+        calls=max(100, args.calls),
+        folders=[f for f in folders if f.is_dir()],
+        progress=lambda msg: print(f"... {msg}", file=sys.stderr, flush=True),
+    )
+    print(json.dumps(report, indent=2) if args.json else table(report))
+    if not report["results"]:
+        print("millrace: no model measured", file=sys.stderr)
+        return EXIT_FAILURES
+    return EXIT_FAILURES if report["problems"] else EXIT_OK
 
 
 # -- validate ------------------------------------------------------------------------------
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from gateway.runtime import Gateway
+
     loaded = load_config(args.config)
+    # Building the gateway (no I/O: nothing connects, the store is not opened) is what
+    # checks the model bindings against the points the drivers declare.
+    gw = Gateway(loaded, api=False)
     print(summary(loaded))
-    return EXIT_OK
+    for inst in gw.engine.instances:
+        b = inst.binding
+        where = f"items {b.items.device}/{b.items.channel}" if b.items else "points"
+        state = f"UNUSABLE: {inst.error}" if inst.error else "manifest ok, bound"
+        if inst.state == "disabled":
+            state = "disabled"
+        print(f"  model {inst.id:<16} {inst.stamp:<22} {where}  {state}")
+    return EXIT_FAILURES if any(i.error for i in gw.engine.instances) else EXIT_OK
 
 
 def _print_problems(source: str, problems: list[str]) -> None:
@@ -193,6 +277,7 @@ def summary(loaded: LoadedConfig) -> str:
         f"store    {loaded.store_path()}  cap {st.max_bytes / 1024**2:.0f} MiB, "
         f"{st.drop_policy}, history {st.history_retention / 86400:g} d, sync {st.synchronous}"
     )
+    lines.append(f"models   {len(cfg.models)}")
     api = cfg.api
     lines.append(
         f"api      {'https' if api.tls else 'http'}://{api.host}:{api.port}"
@@ -250,6 +335,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 async def run_demo(args: argparse.Namespace) -> int:
     from gateway.demo import demo_config
+    from simulators.cogen_turbine import CogenTurbinePlant
+    from simulators.grading_line import GradingLine
     from simulators.modbus_plant import ModbusPlant
     from simulators.mqtt_broker import MiniBroker
     from simulators.mqtt_farm import MqttFarm
@@ -278,6 +365,14 @@ async def run_demo(args: argparse.Namespace) -> int:
                 malformed_rate=0.02,
             )
         )
+        # A cycle every 0.5 s from 60 % of each engine's life: the RUL model has its 30-cycle
+        # window after 15 s and maintenance alarms follow within a few minutes.
+        turbine = await stack.enter_async_context(
+            CogenTurbinePlant(port=0, cycle_period=0.5, start_fraction=0.6)
+        )
+        await stack.enter_async_context(
+            GradingLine("127.0.0.1", broker.port, line="grader-1", fruit_rate=2, image_rate=1)
+        )
         loaded = demo_config(
             modbus_port=plant.port,
             api_host=args.host,
@@ -285,15 +380,17 @@ async def run_demo(args: argparse.Namespace) -> int:
             data_dir=data_dir,
             opcua_endpoint=line.endpoint,
             mqtt_port=broker.port,
+            turbine_endpoint=turbine.endpoint,
         )
         print(
             f"millrace demo: Modbus plant on 127.0.0.1:{plant.port} (pump unit 1, press unit 2), "
-            f"OPC UA machine line on {line.endpoint}, farm fleet on MQTT 127.0.0.1:{broker.port}",
+            f"OPC UA machine line on {line.endpoint}, cogeneration turbine on "
+            f"{turbine.endpoint}, farm fleet and grading line on MQTT 127.0.0.1:{broker.port}",
             flush=True,
         )
         banner = (
-            "millrace demo: live values at /points, device health at /devices, "
-            "also /health, /metrics, /docs; Ctrl-C stops"
+            "millrace demo: live values at /points, device health at /devices, models and "
+            "their latency at /models, also /health, /metrics, /docs; Ctrl-C stops"
         )
         return await _serve(loaded, args.duration, banner)
 

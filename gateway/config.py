@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from drivers.modbus.config import ModbusProfile, ModbusRtuDevice, ModbusTcpDevice
 from drivers.mqtt.config import MqttDevice, MqttProfile
 from drivers.opcua.config import OpcuaDevice, OpcuaProfile
+from gateway.inference.config import InferenceConfig, ModelBinding
 from gateway.types import ByteSize, DataClass, Duration, Name
 
 DeviceConfig = Annotated[
@@ -118,5 +119,8 @@ class GatewayConfig(_Strict):
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
     logging: LoggingConfig = LoggingConfig()
+    inference: InferenceConfig = InferenceConfig()
+    #: ONNX models bound to this gateway's points or item channels (gateway.inference.config).
+    models: list[ModelBinding] = Field(default_factory=list)
     #: Free-form secrets for later components, referenced as ${env:..} or ${file:..}.
     secrets: dict[Name, SecretStr] = Field(default_factory=dict)

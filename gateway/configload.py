@@ -255,6 +255,15 @@ def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str
     equipment = list(_items(data.get("equipment")))
     problems += _duplicates("devices", devices)
     problems += _duplicates("equipment", equipment)
+    models = list(_items(data.get("models")))
+    problems += _duplicates("models", models)
+    taken = {d.get("id") for _, d in devices} | {e.get("id") for _, e in equipment}
+    for i, mb in models:
+        if isinstance(mb.get("id"), str) and mb["id"] in taken:
+            problems.append(
+                f"models.{i}.id: a model's results are points <id>.<output>; this id is "
+                f"already a device or equipment id (got {mb['id']})"
+            )
 
     by_id: dict[str, dict[str, Any]] = {}
     units: dict[tuple[str, Any], int] = {}

@@ -26,15 +26,20 @@ def demo_config(
     data_dir: Path,
     opcua_endpoint: str | None = None,
     mqtt_port: int | None = None,
+    turbine_endpoint: str | None = None,
 ) -> LoadedConfig:
-    """The sample config pointed at the running simulators; a protocol whose simulator is
-    not given is left out (with its equipment)."""
+    """The sample config pointed at the running simulators; a device whose simulator is
+    not given is left out (with its equipment and the models bound to it)."""
     data: dict[str, Any] = yaml.safe_load(sample_text())
     keep = []
     for device in data["devices"]:
         proto = device["protocol"]
         if proto == "modbus-tcp":
             device["port"] = modbus_port
+        elif device["id"] == "cogen-1":
+            if turbine_endpoint is None:
+                continue
+            device["endpoint"] = turbine_endpoint
         elif proto == "opcua":
             if opcua_endpoint is None:
                 continue
@@ -47,6 +52,16 @@ def demo_config(
     ids = {d["id"] for d in keep}
     data["devices"] = keep
     data["equipment"] = [e for e in data.get("equipment", []) if e["device"] in ids]
+    data["models"] = [m for m in data.get("models", []) if _model_devices(m) <= ids]
     data["api"] = {**data.get("api", {}), "host": api_host, "port": api_port}
     data["store"] = {**data.get("store", {}), "path": str(data_dir.resolve() / "millrace-demo.db")}
     return load_config_data(data, base_dir=data_dir.resolve())
+
+
+def _model_devices(binding: dict[str, Any]) -> set[str]:
+    """The devices a model binding reads (point ids are `<device>.<point>`)."""
+    if "items" in binding:
+        return {binding["items"]["device"]}
+    refs = [*binding.get("inputs", {}).values(), binding.get("input_prefix") or ""]
+    refs += [binding.get("row_key") or "", binding.get("reset_on") or ""]
+    return {r.split(".", 1)[0] for r in refs if r}

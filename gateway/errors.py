@@ -7,6 +7,7 @@ MillraceError
 ├── DeviceError            the device answered with a protocol exception: BAD quality
 ├── WriteRejected          refused before anything was sent (not writable, range)
 ├── StoreError             the local store cannot take or serve data
+├── ModelError             a model's manifest or file is unusable, or a call failed
 └── SinkError              an uplink could not deliver
     ├── SinkRetry          try again later (connection lost, 5xx)
     ├── SinkThrottle       the far side asked us to slow down; `.retry_after` seconds
@@ -50,6 +51,10 @@ class WriteRejected(MillraceError):
 
 class StoreError(MillraceError):
     """The local store failed."""
+
+
+class ModelError(MillraceError):
+    """A model cannot be loaded (manifest, checksum, ONNX graph) or a call to it failed."""
 
 
 class SinkError(MillraceError):

@@ -175,6 +175,7 @@ def render(gw: Gateway) -> str:
             for q, v in (("0.5", p50), ("0.99", p99))
         ],
     )
+    _models(out, gw)
     out.family(
         "millrace_component_restarts_total",
         "counter",
@@ -182,3 +183,58 @@ def render(gw: Gateway) -> str:
         [({"component": s.name}, s.restarts) for s in gw.supervisor.status()],
     )
     return out.text()
+
+
+_MODEL_COUNTERS = (
+    ("calls", "millrace_model_calls_total", "Model calls (one call may carry several rows)."),
+    ("rows_run", "millrace_model_rows_total", "Rows or items run through the model."),
+    ("failures", "millrace_model_failures_total", "Calls that failed (fallback rules ran)."),
+    ("fallback_runs", "millrace_model_fallback_runs_total", "Runs answered by fallback rules."),
+    ("over_budget", "millrace_model_over_budget_total", "Calls slower than the budget."),
+    ("rows_incomplete", "millrace_model_rows_incomplete_total", "Runs skipped: input missing."),
+    ("items_refused", "millrace_model_items_refused_total", "Items refused: queue full."),
+    ("items_bad", "millrace_model_items_bad_total", "Items that could not be decoded."),
+)
+
+
+def _models(out: _Exposition, gw: Gateway) -> None:
+    status = gw.engine.status()
+    if not status:
+        return
+    out.family(
+        "millrace_model_up",
+        "gauge",
+        "1 when the model itself answers (0: fallback rules, failed or disabled).",
+        [({"model": m["id"], "state": m["state"]}, int(m["state"] == "ready")) for m in status],
+    )
+    for key, name, help_text in _MODEL_COUNTERS:
+        out.family(name, "counter", help_text, [({"model": m["id"]}, m[key]) for m in status])
+    samples: list[tuple[Labels, float]] = []
+    for m in status:
+        for q, key in (("0.5", "latency_p50_ms"), ("0.99", "latency_p99_ms")):
+            v = m[key]
+            samples.append(({"model": m["id"], "quantile": q}, v / 1000 if v else float("nan")))
+    out.family(
+        "millrace_model_latency_seconds",
+        "gauge",
+        "Duration of one model call (recent window).",
+        samples,
+    )
+    out.family(
+        "millrace_model_latency_budget_seconds",
+        "gauge",
+        "The latency budget a call is held to.",
+        [({"model": m["id"]}, (m["latency_budget_ms"] or 0) / 1000) for m in status],
+    )
+    out.family(
+        "millrace_model_alarms_active",
+        "gauge",
+        "Alarms the model holds active.",
+        [({"model": m["id"]}, len(m["active_alarms"])) for m in status],
+    )
+    out.family(
+        "millrace_inference_queue_dropped_readings_total",
+        "counter",
+        "Readings the engine's queue refused (full).",
+        [({}, gw.engine.queue_dropped())],
+    )

@@ -7,13 +7,14 @@ local API, all under the supervisor.
 Shutdown, in this order, each step with its own timeout; a failing step is recorded and the
 next one still runs (documented in docs/architecture.md):
 
-  1. stop intake      cancel the drivers' poll loops (nothing is emitted after this)
-  2. drain the bus    wait for queue subscribers to finish what they were given
-  3. flush the store  everything accepted is committed to disk
-  4. close uplinks    (none yet: issue 5)
-  5. close drivers    close device connections
-  6. stop the API
-  7. close the store
+  1. stop intake        cancel the drivers' poll loops (nothing is emitted after this)
+  2. drain the bus      wait for queue subscribers to finish what they were given
+  3. finish inference   model jobs already queued run; results are published; the pool stops
+  4. flush the store    everything accepted (model results included) is committed to disk
+  5. close uplinks      (none yet: issue 5)
+  6. close drivers      close device connections
+  7. stop the API
+  8. close the store
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import DeviceHealth, Driver, Prober, ProbeResult, Writer
+from drivers.base import DeviceHealth, Driver, Item, Prober, ProbeResult, Writer
 from drivers.registry import build_drivers
 from gateway import __version__
 from gateway.bus import Bus
 from gateway.configload import LoadedConfig
 from gateway.errors import MillraceError, WriteRejected
+from gateway.inference.engine import InferenceEngine
 from gateway.latest import LatestCache
 from gateway.readings import Reading, Value
 from gateway.store import Store
@@ -81,9 +83,16 @@ class Gateway:
         self._api_socket: socket.socket | None = None
         self.api_port: int | None = None
         self.drivers: list[Driver] = build_drivers(
-            loaded, self.bus.publish, dead_letter=self.store.dead_letter
+            loaded,
+            self.bus.publish,
+            dead_letter=self.store.dead_letter,
+            item_sink=self._item_sink,
         )
         self.points = _point_index(loaded, self.drivers)
+        self.engine = InferenceEngine(
+            loaded, self.bus.publish, self.points.keys(), _item_channels(loaded)
+        )
+        self.points.update(_model_points(self.engine))
         self._driver_of: dict[str, Driver] = {
             spec.device: drv for drv in self.drivers for spec in drv.points()
         }
@@ -105,6 +114,10 @@ class Gateway:
         )
         self.bus.subscribe("store", self.store.submit)
         self.bus.subscribe("latest", self.latest.update)
+        self.engine.attach(self.bus)
+        self.engine.seed(list(self.latest.all().values()))
+        await self.engine.start()
+        self.supervisor.add("inference", self.engine.consume, group="inference")
         for drv in self.drivers:
             self.supervisor.add(f"driver:{drv.key}", drv.run, group="drivers")
         if self._api_socket is not None:
@@ -133,6 +146,8 @@ class Gateway:
         problems += await self.supervisor.stop(self.supervisor.names("drivers"), step_timeout)
         if not await self.bus.drain(step_timeout):
             problems.append(f"bus: queues not drained within {step_timeout}s")
+        problems += await self.engine.stop(step_timeout)
+        problems += await self.supervisor.stop(self.supervisor.names("inference"), step_timeout)
         try:
             await self.store.flush(step_timeout)
         except Exception as exc:
@@ -176,6 +191,10 @@ class Gateway:
         host = self.config.api.host
         shown = f"[{host}]" if ":" in host else host
         return f"{scheme}://{shown}:{self.api_port}"
+
+    def _item_sink(self, item: Item) -> bool:
+        """Drivers are built before the engine (it needs their points), hence this hop."""
+        return self.engine.submit_item(item)
 
     # -- queries and commands ------------------------------------------------------------
 
@@ -288,3 +307,31 @@ def _point_index(loaded: LoadedConfig, drivers: list[Driver]) -> dict[str, Point
                 description=spec.description,
             )
     return index
+
+
+def _item_channels(loaded: LoadedConfig) -> list[tuple[str, str]]:
+    """(device, channel) of every item topic configured on a device."""
+    return [
+        (dev.id, it.name)
+        for dev in loaded.config.devices
+        for it in getattr(dev, "items", None) or []
+    ]
+
+
+def _model_points(engine: InferenceEngine) -> dict[str, PointInfo]:
+    """The points the models publish, described like driver points (read-only)."""
+    out: dict[str, PointInfo] = {}
+    for pid, stamp, description, equipment in engine.result_points():
+        device, _, name = pid.partition(".")
+        out[pid] = PointInfo(
+            id=pid,
+            device=device,
+            name=name,
+            unit="",
+            data_type="model",
+            data_class=DataClass.PUBLIC,
+            writable=False,
+            equipment=(equipment,) if equipment else (),
+            description=f"{description} ({stamp})",
+        )
+    return out

@@ -13,6 +13,42 @@ equipment id back out of each topic. The equipment ids themselves are configured
 gateway's `equipment:` section (each names this device); they are what `/devices` shows.
 `check_profile(device, profile)` holds the checks that need both (the driver runs them, and so
 should the config loader's cross-check pass).
+
+Item topics. Some equipment publishes one message per discrete thing rather than telemetry: a
+fruit grading line sends, per fruit, a JSON record of sensor scores and the camera image
+(JPEG/PNG bytes, up to a few hundred KB). A device's `items` route such topics past the
+payload parser: each message becomes a `drivers.base.Item` (equipment and `{item}` id read
+from the topic, the payload untouched) for the gateway's item sink (the inference engine).
+They never become readings and never go through the profile. An item template needs
+`{equipment}` once, may name `{item}` once, may use `+`; it has no `{point}` and no `#`. Each
+item topic has its own size bound (default 1 MiB, at most 16 MiB), since an image is far
+larger than any telemetry message. A device may have only items (`topics` empty or left
+out), only telemetry, or both; it still names a profile.
+
+```yaml
+devices:
+  - id: packhouse
+    protocol: mqtt
+    host: 10.0.0.20
+    profile: grading-line          # its telemetry: throughput, rejects, belt speed
+    topics: ["grading/{equipment}/status"]
+    items:
+      - name: fruit                # JSON score record, one per fruit
+        topic: "grading/{equipment}/fruit/{item}"
+        max_payload_bytes: 64KiB
+      - name: image                # raw camera image bytes, one per fruit
+        topic: "grading/{equipment}/image/{item}"
+        max_payload_bytes: 2MiB
+equipment:
+  - {id: grader-1, type: grading_line, device: packhouse}
+```
+
+A message on `grading/grader-1/image/000042` reaches the sink as `Item(source="packhouse",
+equipment="grader-1", channel="image", item_id="000042", payload=<the bytes>, ...)`. Unknown
+equipment is handled as for telemetry; a payload over the item topic's bound is dead-lettered
+as `too_large`. An item template may not subscribe to the same filter as a telemetry topic
+(a message could not be told apart); where two templates merely overlap, item templates are
+tried first.
 """
 
 from __future__ import annotations
@@ -158,6 +194,43 @@ class MqttTls(_Strict):
         return self
 
 
+#: Default bound for one item payload: a camera image is far larger than telemetry.
+ITEM_DEFAULT_MAX_BYTES = 1024 * 1024
+#: Upper bound for any payload bound (telemetry or item): a whole message sits in memory.
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+
+
+class MqttItemTopic(_Strict):
+    """One item channel of a device: messages on `topic` are handed over raw as items named
+    `name` (the channel: `fruit`, `image`), never parsed as telemetry."""
+
+    name: Name
+    #: `{equipment}` once, `{item}` at most once, `+` for a level to ignore; no `{point}`, no `#`.
+    topic: str
+    #: Larger payloads are not handed over; they are dead-lettered as `too_large`.
+    max_payload_bytes: ByteSize = ITEM_DEFAULT_MAX_BYTES
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        problem = check_topic_template(value, kind="item")
+        if problem:
+            raise ValueError(f"topic {value!r}: {problem}")
+        return value
+
+    @field_validator("max_payload_bytes")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        if value > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"max_payload_bytes above {MAX_PAYLOAD_BYTES} (16 MiB)")
+        return value
+
+    @property
+    def template(self) -> TopicTemplate:
+        """The compiled template (a new one per call: config-time use)."""
+        return TopicTemplate(self.topic, kind="item")
+
+
 class MqttDevice(_Strict):
     """One broker connection: where the broker is, who we are, what we subscribe to.
 
@@ -184,7 +257,11 @@ class MqttDevice(_Strict):
     #: we are disconnected. MQTT 3.1.1 sessions last until the broker's own expiry.
     session_expiry: Duration = 86400.0
     qos: Literal[0, 1, 2] = 1
-    topics: list[str] = Field(min_length=1, max_length=32)
+    #: Telemetry topic templates. May be empty (or left out) when `items` has one or more.
+    topics: list[str] = Field(default_factory=list, max_length=32)
+    #: Item topics: messages handed over raw to the item sink, never parsed (see the module
+    #: docstring). Names are unique per device.
+    items: list[MqttItemTopic] = Field(default_factory=list, max_length=16)
     #: An equipment with no message for this long is shown DOWN (stale).
     stale_after: Duration = 120.0
     #: Larger payloads are not parsed; they are dead-lettered as `too_large`.
@@ -209,12 +286,45 @@ class MqttDevice(_Strict):
             raise ValueError(f"topics subscribe to the same filter twice: {', '.join(dupes)}")
         return topics
 
+    @field_validator("items")
+    @classmethod
+    def _items(cls, items: list[MqttItemTopic]) -> list[MqttItemTopic]:
+        counts = Counter(i.name for i in items)
+        dupes = sorted(name for name, n in counts.items() if n > 1)
+        if dupes:
+            raise ValueError(f"duplicate item names (got {', '.join(dupes)})")
+        first: dict[str, int] = {}
+        for j, it in enumerate(items):
+            f = it.template.filter
+            if f in first:
+                k = first[f]
+                raise ValueError(
+                    f"items.{k} ({items[k].topic}) and items.{j} ({it.topic}) subscribe to "
+                    f"the same filter (got {f})"
+                )
+            first[f] = j
+        return items
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if not self.topics and not self.items:
+            raise ValueError(
+                "topics is empty and there are no items: give at least one telemetry topic "
+                "(topics) or item topic (items)"
+            )
+        telemetry = {TopicTemplate(t).filter: i for i, t in enumerate(self.topics)}
+        for j, it in enumerate(self.items):
+            i = telemetry.get(it.template.filter)
+            if i is not None:
+                raise ValueError(
+                    f"items.{j} ({it.topic}) and topics.{i} ({self.topics[i]}) subscribe to "
+                    f"the same filter {it.template.filter}: a message could not be told apart "
+                    "as an item or as telemetry"
+                )
         if self.password is not None and self.username is None:
             raise ValueError("a password needs a username")
-        if self.max_payload_bytes > DEFAULT_MAX_BYTES * 64:
-            raise ValueError(f"max_payload_bytes above {DEFAULT_MAX_BYTES * 64} (16 MiB)")
+        if self.max_payload_bytes > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"max_payload_bytes above {MAX_PAYLOAD_BYTES} (16 MiB)")
         if self.backoff_initial > self.backoff_max:
             raise ValueError("backoff_initial is greater than backoff_max")
         if self.keepalive < 5 or self.keepalive > 65535:
@@ -254,7 +364,10 @@ def check_profile(device: MqttDevice, profile: MqttProfile) -> list[str]:
 
 
 __all__ = [
+    "ITEM_DEFAULT_MAX_BYTES",
+    "MAX_PAYLOAD_BYTES",
     "MqttDevice",
+    "MqttItemTopic",
     "MqttPoint",
     "MqttProfile",
     "MqttTimestamp",

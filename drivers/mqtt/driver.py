@@ -30,15 +30,30 @@ payload[:DEAD_LETTER_BYTES], "reason: detail")`. A field that is present but can
 is emitted as a BAD reading with the reason; values outside the point's min/max are
 UNCERTAIN.
 
+Items. A message on one of the device's item topics (`items:` in the config) is not
+telemetry: it is one discrete thing (a fruit's score record, its camera image) and goes, raw
+and unparsed, to the `item_sink` as a `drivers.base.Item`. It takes the same path as telemetry
+up to the parser (inbox, drain on the event loop, so the sink is only ever called on the loop
+thread, in arrival order within a batch), the same equipment lookup (unknown equipment is
+dead-lettered or adopted alike) and the same health bookkeeping (an equipment that only sends
+items is ONLINE). Then: larger than the item topic's `max_payload_bytes` -> dead letter
+`too_large`; no sink -> dead letter `no_item_consumer`; the sink says False (its queue is full)
+-> counted `items_refused` and logged rate-limited, NOT dead-lettered (a dead letter keeps 4 KB:
+thousands of image stubs would be noise, and would push real dead letters out). Item topics
+are matched before telemetry templates; a topic with an `{item}` level is not cached (every
+item has a new topic). The inbox is also bounded in bytes (`_INBOX_MAX_BYTES`), since 20,000
+images would not fit in a small box's memory.
+
 Health: one `DeviceHealth` per equipment (what `/devices` shows), endpoint = the topic its
 messages arrive on. STARTING until its first message, then ONLINE; DOWN when nothing arrived
 within `stale_after`, or when the broker connection is lost, with the reason in `last_error`
 and its points emitted once as BAD. Any message from an equipment (even one that fails to
 parse: it is alive, just garbled) brings it back ONLINE. Counters per equipment (`messages`,
-`values`, `bad_values`, `dead_lettered`, `duplicates`, `errors.<reason>`) and for the whole
-connection (`connection.*`, the same numbers on every equipment of the connection) are in
-`DeviceHealth.extra`. `polls_ok`/`polls_failed` count messages read/refused, `requests`
-messages received, `reconnects` broker reconnects.
+`values`, `bad_values`, `dead_lettered`, `duplicates`, `items`, `items_refused`,
+`item_sink_failed`, `errors.<reason>`) and for the whole connection (`connection.*`, the same
+numbers on every equipment of the connection) are in `DeviceHealth.extra`.
+`polls_ok`/`polls_failed` count messages read (items: accepted by the sink)/refused,
+`requests` messages received, `reconnects` broker reconnects.
 
 Contract: nothing is emitted after `run()` returns or is cancelled; the network thread is
 stopped and joined before `run()` returns; `close()` disconnects cleanly (MQTT DISCONNECT, so
@@ -61,7 +76,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -70,7 +85,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from drivers.base import DeviceHealth, DeviceState, Emit, PointSpec
+from drivers.base import DeviceHealth, DeviceState, Emit, Item, ItemSink, PointSpec
 from drivers.mqtt.config import MqttDevice, MqttPoint, MqttProfile, check_profile
 from drivers.mqtt.parse import (
     ParseError,
@@ -95,6 +110,7 @@ DRIVER_REASONS = (
     "unknown_point",
     "bad_topic",
     "too_many_equipment",
+    "no_item_consumer",
     "internal",
 )
 #: Bytes of a refused payload handed to `dead_letter` (the reason says the full size when
@@ -102,6 +118,9 @@ DRIVER_REASONS = (
 DEAD_LETTER_BYTES = 4096
 #: Messages waiting for the event loop before the network thread holds back (backpressure).
 _INBOX_MAX = 20_000
+#: ... or bytes waiting: item payloads (camera images) are a thousand times larger than
+#: telemetry, and 20,000 of them would not fit in a gateway's memory.
+_INBOX_MAX_BYTES = 64 * 1024 * 1024
 #: Messages parsed per drain callback: bounds how long one drain holds the event loop.
 _DRAIN_MAX = 2_000
 #: How long the first message of a batch waits for others (latency vs wake-ups per message).
@@ -128,6 +147,22 @@ class _Equipment:
     errors: Counter[str] = field(default_factory=Counter)
 
 
+class _ItemRoute(NamedTuple):
+    """One configured item topic, compiled."""
+
+    channel: str
+    template: TopicTemplate
+    max_bytes: int
+
+
+class _ItemMatch(NamedTuple):
+    """A topic matched to an item route (what `_match` returns for item topics)."""
+
+    route: _ItemRoute
+    equipment: str
+    item: str | None
+
+
 @dataclass(slots=True)
 class _Limiter:
     """One log line per reason per `_LOG_EVERY` seconds, saying how many were not logged."""
@@ -150,8 +185,9 @@ class MqttDriver:
     `units` holds exactly one (device, profile) pair: the device IS the connection.
     `equipment` are the equipment ids configured on this device (the `{equipment}` topic
     level); point ids are `<equipment>.<point>`. `dead_letter(device_id, topic, payload,
-    reason)` receives refused messages (`Store.dead_letter` fits). `base_dir` resolves relative
-    TLS file paths (the config file's folder).
+    reason)` receives refused messages (`Store.dead_letter` fits). `item_sink(item)` receives
+    the messages on the device's item topics, on the event loop thread (see the module
+    docstring). `base_dir` resolves relative TLS file paths (the config file's folder).
     """
 
     def __init__(
@@ -161,6 +197,7 @@ class MqttDriver:
         *,
         equipment: Sequence[str],
         dead_letter: DeadLetterSink | None = None,
+        item_sink: ItemSink | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         base_dir: Path | None = None,
@@ -181,12 +218,20 @@ class MqttDriver:
         self._profile = profile
         self._emit = emit
         self._dead_letter = dead_letter
+        self._item_sink = item_sink
         self._clock = clock
         self._rng = rng or random.Random()
         self._base_dir = base_dir
         self._parser = PayloadParser(profile, max_bytes=device.max_payload_bytes)
         self._templates = [TopicTemplate(t) for t in device.topics]
-        self._filters = [t.filter for t in self._templates]
+        self._item_routes = [
+            _ItemRoute(it.name, TopicTemplate(it.topic, kind="item"), it.max_payload_bytes)
+            for it in device.items
+        ]
+        # Subscribed in this order; on_subscribe pairs the broker's answers with it.
+        self._filters = [t.filter for t in self._templates] + [
+            r.template.filter for r in self._item_routes
+        ]
         self._point_specs: dict[str, MqttPoint] = {p.name: p for p in profile.points}
         #: (min, max) of the points that declare either (numbers only, by validation).
         self._bounds: dict[str, tuple[float, float]] = {
@@ -198,7 +243,7 @@ class MqttDriver:
         self._equipment: dict[str, _Equipment] = {}
         for eq in equipment:
             self._add_equipment(eq, configured=True)
-        self._topic_cache: dict[str, TopicMatch | None] = {}
+        self._topic_cache: dict[str, TopicMatch | _ItemMatch | None] = {}
 
         # Connection-level counters and state (event-loop side).
         self._stats: Counter[str] = Counter()
@@ -211,6 +256,7 @@ class MqttDriver:
 
         # Shared with the network thread.
         self._inbox: list[tuple[str | None, bytes, bool]] = []
+        self._inbox_bytes = 0  # payload bytes in the inbox (guarded by _inbox_cond)
         self._inbox_cond = threading.Condition()
         self._drain_scheduled = False
         self._stop = threading.Event()
@@ -239,6 +285,7 @@ class MqttDriver:
         conn.update({f"connection.errors.{k}": float(v) for k, v in self._errors.items()})
         conn["connection.connected"] = 1.0 if self._connected else 0.0
         conn["connection.inbox"] = float(len(self._inbox))
+        conn["connection.inbox_bytes"] = float(self._inbox_bytes)
         out = []
         for eq in self._equipment.values():
             extra = {k: float(v) for k, v in eq.counts.items()}
@@ -267,7 +314,9 @@ class MqttDriver:
         ]
 
     def stats(self) -> dict[str, int]:
-        """Connection-level counters: messages, values, dead_lettered, errors by reason."""
+        """Connection-level counters: messages (all received, items included), values,
+        dead_lettered, items (item messages received), items_refused (the sink said it was
+        full), item_sink_failed (the sink raised), errors by reason."""
         return dict(self._stats) | {f"errors.{k}": v for k, v in self._errors.items()}
 
     async def run(self) -> None:
@@ -293,6 +342,11 @@ class MqttDriver:
             log.warning(
                 "mqtt device has no equipment: every message will be dead-lettered",
                 extra=self._ctx(),
+            )
+        if self._item_routes and self._item_sink is None:
+            log.warning(
+                "mqtt device has item topics but no item consumer: items will be dead-lettered",
+                extra=self._ctx(channels=[r.channel for r in self._item_routes]),
             )
         self._stop.clear()
         self._running = True
@@ -548,13 +602,17 @@ class MqttDriver:
             topic = None
         self._received += 1
         # Typed bytes | bytearray; paho's decode_publish always produces bytes.
-        item = (topic, cast(bytes, msg.payload), bool(msg.dup))
+        payload = cast(bytes, msg.payload)
+        item = (topic, payload, bool(msg.dup))
         with self._inbox_cond:
             # Backpressure: hold paho (and so the PUBACK and the broker) while the loop catches
-            # up, rather than growing without bound.
-            while len(self._inbox) >= _INBOX_MAX and not self._stop.is_set():
+            # up, rather than growing without bound (in messages, or in bytes for images).
+            while (
+                len(self._inbox) >= _INBOX_MAX or self._inbox_bytes >= _INBOX_MAX_BYTES
+            ) and not self._stop.is_set():
                 self._inbox_cond.wait(0.1)
             self._inbox.append(item)
+            self._inbox_bytes += len(payload)
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
@@ -600,10 +658,12 @@ class MqttDriver:
             inbox = self._inbox
             if len(inbox) <= _DRAIN_MAX or final or everything:
                 items, self._inbox = inbox, []
+                self._inbox_bytes = 0
                 self._drain_scheduled = False
                 more = False
             else:
                 items, self._inbox = inbox[:_DRAIN_MAX], inbox[_DRAIN_MAX:]
+                self._inbox_bytes -= sum(len(p) for _, p, _ in items)
                 more = True
             self._inbox_cond.notify_all()
         if more and self._loop is not None:
@@ -630,6 +690,9 @@ class MqttDriver:
             match = self._match(topic)
             if match is None:
                 self._refuse(None, topic, payload, "unknown_topic", "matches no topic template")
+                continue
+            if isinstance(match, _ItemMatch):
+                self._take_item(match, topic, payload, dup, now, loop_now)
                 continue
             eq = self._equipment.get(match.equipment)
             if eq is None:
@@ -678,17 +741,98 @@ class MqttDriver:
                 self._log_limited("bad_value", topic, first, eq.id)
         return out
 
-    def _match(self, topic: str) -> TopicMatch | None:
+    def _match(self, topic: str) -> TopicMatch | _ItemMatch | None:
+        """Item templates first (a deliberate route for payloads that must never reach the
+        parser), then telemetry templates, each in config order."""
         cache = self._topic_cache
         try:
             return cache[topic]
         except KeyError:
             pass
-        match = match_topic(self._templates, topic)
+        match: TopicMatch | _ItemMatch | None = None
+        for route in self._item_routes:
+            m = route.template.match(topic)
+            if m is not None:
+                match = _ItemMatch(route, m.equipment, m.item)
+                if route.template.has_item:
+                    return match  # a new topic per item: caching it would only evict others
+                break
+        else:
+            match = match_topic(self._templates, topic)
         if len(cache) >= _TOPIC_CACHE_MAX:
             cache.clear()  # hostile topic churn: start over rather than grow
         cache[topic] = match
         return match
+
+    def _take_item(
+        self, match: _ItemMatch, topic: str, payload: bytes, dup: bool, now: float, loop_now: float
+    ) -> None:
+        """Hand one item message to the sink (event loop thread), or say why not."""
+        eq = self._equipment.get(match.equipment)
+        if eq is None:
+            eq = self._unknown(topic, payload, match.equipment)
+            if eq is None:
+                return
+        # The equipment is alive whatever becomes of the item; the endpoint stays the
+        # telemetry topic (an item topic is new for every item).
+        self._seen(eq, topic, now, loop_now, endpoint=False)
+        counts = eq.counts
+        counts["messages"] += 1
+        counts["items"] += 1
+        self._stats["items"] += 1
+        if dup:
+            counts["duplicates"] += 1
+            self._stats["duplicates"] += 1
+        route = match.route
+        if len(payload) > route.max_bytes:
+            detail = f"{len(payload)} bytes, more than {route.max_bytes} ({route.channel} item)"
+            self._refuse(eq, topic, payload, "too_large", detail)
+            return
+        sink = self._item_sink
+        if sink is None:
+            detail = f"no item consumer for {route.channel!r} items"
+            self._refuse(eq, topic, payload, "no_item_consumer", detail)
+            return
+        item = Item(self._device.id, eq.id, route.channel, match.item, payload, topic, now)
+        try:
+            accepted = sink(item)
+        except Exception:  # a broken consumer must not stop intake (telemetry included)
+            counts["item_sink_failed"] += 1
+            self._stats["item_sink_failed"] += 1
+            suppressed = self._limiter.allow("item_sink_failed")
+            if suppressed is not None:
+                log.error(
+                    "mqtt item sink failed",
+                    exc_info=True,
+                    extra=self._ctx(
+                        topic=topic[:200],
+                        equipment=eq.id,
+                        channel=route.channel,
+                        suppressed=suppressed,
+                        total=self._stats["item_sink_failed"],
+                    ),
+                )
+            return
+        if not accepted:
+            # Full: the consumer is behind. Counted and logged, not dead-lettered (see the
+            # module docstring); the equipment itself is fine, so no last_error.
+            counts["items_refused"] += 1
+            self._stats["items_refused"] += 1
+            suppressed = self._limiter.allow("items_refused")
+            if suppressed is not None:
+                log.warning(
+                    "mqtt item refused by its consumer (full)",
+                    extra=self._ctx(
+                        topic=topic[:200],
+                        equipment=eq.id,
+                        channel=route.channel,
+                        suppressed=suppressed,
+                        total=self._stats["items_refused"],
+                    ),
+                )
+            return
+        eq.health.polls_ok += 1
+        eq.health.last_error = None
 
     def _unknown(self, topic: str, payload: bytes, name: str) -> _Equipment | None:
         """An equipment not in the config: refused, or adopted when the device allows it."""
@@ -705,7 +849,8 @@ class MqttDriver:
         return self._add_equipment(name, configured=False)
 
     def _add_equipment(self, name: str, *, configured: bool) -> _Equipment:
-        tmpl = self._templates[0]
+        # A device may have item topics only (validation ensures one or the other).
+        tmpl = self._templates[0] if self._templates else self._item_routes[0].template
         health = DeviceHealth(
             device=name,
             protocol="mqtt",
@@ -716,13 +861,16 @@ class MqttDriver:
         eq = self._equipment[name] = _Equipment(name, health, configured)
         return eq
 
-    def _seen(self, eq: _Equipment, topic: str, now: float, loop_now: float) -> None:
-        """A message from `eq` arrived: it is alive (whatever the payload turns out to be)."""
+    def _seen(
+        self, eq: _Equipment, topic: str, now: float, loop_now: float, *, endpoint: bool = True
+    ) -> None:
+        """A message from `eq` arrived: it is alive (whatever the payload turns out to be).
+        `endpoint`: show `topic` as where its messages arrive (telemetry, not items)."""
         health = eq.health
         eq.last_seen = loop_now
         health.last_contact = now
         health.requests += 1
-        if health.endpoint != topic:
+        if endpoint and health.endpoint != topic:
             health.endpoint = topic
         if health.state is not DeviceState.ONLINE:
             if health.state is DeviceState.DOWN:

@@ -37,7 +37,11 @@ Coercion rules (`DataType`):
 Topic templates (`TopicTemplate`) are topic names whose whole segments may be `{equipment}`
 (required, once), `{point}` (optional, once) or `+` (any, ignored). `coop/{equipment}/telemetry`
 subscribes to `coop/+/telemetry` and matches `coop/tractor-01/telemetry` back to
-`equipment="tractor-01"`.
+`equipment="tractor-01"`. Item templates (`kind="item"`: payloads handed over raw, never
+parsed) take `{item}` (optional, once) in place of `{point}`:
+`grading/{equipment}/image/{item}` matches `grading/line-1/image/000042` back to
+`equipment="line-1", item="000042"`. The item id is the topic level as sent (any text but
+`/`, possibly empty); only the equipment is checked against configured names.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ import math
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from gateway.readings import Value
 
@@ -568,35 +572,65 @@ def parse_payload(
 
 EQUIPMENT = "{equipment}"
 POINT = "{point}"
+ITEM = "{item}"
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
+
+#: What a template routes: `telemetry` (parsed into readings; may name `{point}`) or `item`
+#: (handed over raw; may name `{item}`). One placeholder set per kind, so a template can never
+#: be read both ways.
+TopicKind = Literal["telemetry", "item"]
+_OPTIONAL: dict[str, str] = {"telemetry": POINT, "item": ITEM}
 
 
 class TopicMatch(NamedTuple):
+    """What a topic says: the equipment, and the `{point}` (telemetry) or `{item}` (item
+    topics) level when the template has one. `item` comes last and defaults to None, so
+    code written before item topics (attribute access, `TopicMatch(eq, point)`) still works."""
+
     equipment: str
     point: str | None
+    item: str | None = None
 
 
 class TopicTemplate:
-    """A topic template compiled: its subscription filter and a matcher back to names."""
+    """A topic template compiled: its subscription filter and a matcher back to names.
 
-    __slots__ = ("_equipment_at", "_literals", "_point_at", "filter", "segments", "template")
+    `kind="telemetry"` (the default) admits `{point}`; `kind="item"` admits `{item}` instead.
+    """
 
-    def __init__(self, template: str) -> None:
-        problem = check_topic_template(template)
+    __slots__ = (
+        "_equipment_at",
+        "_item_at",
+        "_literals",
+        "_point_at",
+        "filter",
+        "kind",
+        "segments",
+        "template",
+    )
+
+    def __init__(self, template: str, *, kind: TopicKind = "telemetry") -> None:
+        problem = check_topic_template(template, kind=kind)
         if problem:
             raise ValueError(problem)
         self.template = template
+        self.kind = kind
         self.segments = tuple(template.split("/"))
         self._equipment_at = self.segments.index(EQUIPMENT)
         self._point_at = self.segments.index(POINT) if POINT in self.segments else -1
+        self._item_at = self.segments.index(ITEM) if ITEM in self.segments else -1
         self._literals = tuple(
-            (i, s) for i, s in enumerate(self.segments) if s not in (EQUIPMENT, POINT, "+")
+            (i, s) for i, s in enumerate(self.segments) if s not in (EQUIPMENT, POINT, ITEM, "+")
         )
-        self.filter = "/".join("+" if s in (EQUIPMENT, POINT) else s for s in self.segments)
+        self.filter = "/".join("+" if s in (EQUIPMENT, POINT, ITEM) else s for s in self.segments)
 
     @property
     def has_point(self) -> bool:
         return self._point_at >= 0
+
+    @property
+    def has_item(self) -> bool:
+        return self._item_at >= 0
 
     def match(self, topic: str) -> TopicMatch | None:
         parts = topic.split("/")
@@ -607,17 +641,31 @@ class TopicTemplate:
                 return None
         equipment = parts[self._equipment_at]
         point = parts[self._point_at] if self._point_at >= 0 else None
-        return TopicMatch(equipment, point)
+        item = parts[self._item_at] if self._item_at >= 0 else None
+        return TopicMatch(equipment, point, item)
 
-    def topic_for(self, equipment: str) -> str:
-        """The concrete topic (or filter, when it has `{point}` or `+`) for one equipment."""
-        return "/".join(
-            equipment if s == EQUIPMENT else ("+" if s == POINT else s) for s in self.segments
-        )
+    def topic_for(
+        self, equipment: str, *, point: str | None = None, item: str | None = None
+    ) -> str:
+        """The concrete topic for one equipment (and point or item, when given); a level not
+        given (`{point}`, `{item}`, `+`) stays `+`, which makes it a filter rather than a
+        topic. `match(topic_for(e, item=i))` gives back `e` and `i` (property-tested) as long
+        as neither contains `/`."""
+        out = []
+        for s in self.segments:
+            if s == EQUIPMENT:
+                out.append(equipment)
+            elif s == POINT:
+                out.append("+" if point is None else point)
+            elif s == ITEM:
+                out.append("+" if item is None else item)
+            else:
+                out.append(s)
+        return "/".join(out)
 
 
-def check_topic_template(template: str) -> str | None:
-    """Why `template` is not a usable topic template, or None."""
+def check_topic_template(template: str, *, kind: TopicKind = "telemetry") -> str | None:
+    """Why `template` is not a usable topic template of this kind, or None."""
     if not isinstance(template, str) or not template:
         return "a topic template must be non-empty text"
     if len(template.encode("utf-8", "surrogatepass")) > 65535:
@@ -627,20 +675,28 @@ def check_topic_template(template: str) -> str | None:
     segments = template.split("/")
     if "#" in template:
         return "'#' is not allowed: name each level, with + for a level to ignore"
+    optional = _OPTIONAL[kind]
     for seg in segments:
         if "+" in seg and seg != "+":
             return f"'+' must be a whole level (got level {seg!r})"
         for ph in _PLACEHOLDER.findall(seg):
-            if ph not in (EQUIPMENT, POINT):
-                return f"unknown placeholder {ph}; use {{equipment}} and {{point}}"
+            if ph == ITEM and kind == "telemetry":
+                return "{item} is only for item topics (a device's items:), not telemetry topics"
+            if ph == POINT and kind == "item":
+                return (
+                    "{point} is only for telemetry topics; an item topic names {equipment} "
+                    "and optionally {item}"
+                )
+            if ph not in (EQUIPMENT, optional):
+                return f"unknown placeholder {ph}; use {{equipment}} and {optional}"
             if seg != ph:
                 return f"{ph} must be a whole level (got level {seg!r})"
-        if ("{" in seg or "}" in seg) and seg not in (EQUIPMENT, POINT):
+        if ("{" in seg or "}" in seg) and seg not in (EQUIPMENT, optional):
             return f"stray brace in level {seg!r}"
     if segments.count(EQUIPMENT) != 1:
         return "a topic template needs {equipment} exactly once"
-    if segments.count(POINT) > 1:
-        return "{point} may appear at most once"
+    if segments.count(optional) > 1:
+        return f"{optional} may appear at most once"
     return None
 
 
@@ -664,6 +720,7 @@ __all__ = [
     "PayloadFormat",
     "PayloadParser",
     "TimestampForm",
+    "TopicKind",
     "TopicMatch",
     "TopicTemplate",
     "check_topic_template",

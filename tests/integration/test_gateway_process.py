@@ -161,6 +161,29 @@ def test_demo_serves_live_values_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert any(p["name"] == "mill1_spindle_speed" and p["quality"] == "good" for p in mill)
         tractor = json.loads(get(api + "/points?equipment=tractor-01"))
         assert any(p["name"] == "engine_rpm" and isinstance(p["value"], int) for p in tractor)
+
+        def models_answering() -> list[dict]:
+            models = json.loads(get(api + "/models"))
+            ok = all(m["state"] == "ready" and m["calls"] > 0 for m in models)
+            return models if ok and len(models) == 4 else []
+
+        models = {m["id"]: m for m in wait_for(models_answering, 60, "four models answering")}
+        assert models["grader1-sensors"]["last_values"]["grade"] in ("good", "bad")
+        assert models["grader1-camera"]["last_values"]["grade"] in ("good", "reject")
+        assert models["mill1-pdm"]["latency_p99_ms"] > 0
+        # the turbine replays C-MAPSS from 60 % of its life: real RUL falls to the alarm
+        (rul,) = wait_for(
+            lambda: [
+                m
+                for m in json.loads(get(api + "/models"))
+                if m["id"] == "turbine1-rul" and "maintenance_due" in m["active_alarms"]
+            ],
+            120,
+            "the turbine's maintenance_due alarm",
+        )
+        assert rul["last_values"]["rul_cycles"] <= 30
+        alarm = json.loads(get(api + "/points/turbine1-rul.alarm_maintenance_due"))
+        assert alarm["value"] is True and alarm["reason"] == "model:pdm-rul@1.0.0"
         before = {p["id"]: p["value"] for p in first}
         time.sleep(2.5)
         after = {p["id"]: p["value"] for p in good_points()}

@@ -190,3 +190,135 @@ def test_checks_that_need_device_and_profile() -> None:
     assert check_profile(device(), one) == []
     problems = check_profile(device(topics=["s/{equipment}/{point}"]), profile())
     assert problems == ["topics.0: {point} is only for number payloads; profile p is json"]
+
+
+# -- item topics -------------------------------------------------------------------------------
+
+FRUIT = {"name": "fruit", "topic": "grading/{equipment}/fruit/{item}"}
+IMAGE = {"name": "image", "topic": "grading/{equipment}/image/{item}"}
+
+
+def test_item_topics_defaults_sizes_and_filters() -> None:
+    d = device(items=[{**FRUIT, "max_payload_bytes": "64KiB"}, IMAGE])
+    fruit, image = d.items
+    assert (fruit.name, fruit.max_payload_bytes) == ("fruit", 65536)
+    assert image.max_payload_bytes == 1024 * 1024  # an image is far larger than telemetry
+    assert image.template.filter == "grading/+/image/+" and image.template.has_item
+    assert device(items=[{"name": "score", "topic": "p/+/{equipment}/score"}]).items[0].topic
+    assert device(items=[{**IMAGE, "max_payload_bytes": "16MiB"}]).items[0].max_payload_bytes == (
+        16 * 1024 * 1024
+    )
+    assert device().items == []
+
+
+@pytest.mark.parametrize("topics", [None, []])
+def test_a_device_may_have_item_topics_only(topics: list[str] | None) -> None:
+    data: dict[str, Any] = {
+        "id": "packhouse",
+        "protocol": "mqtt",
+        "profile": "grading-line",
+        "host": "h",
+        "items": [IMAGE],
+    }
+    if topics is not None:
+        data["topics"] = topics
+    d = MqttDevice.model_validate(data)
+    assert d.topics == [] and [i.name for i in d.items] == ["image"]
+    # No telemetry topic, so no {point} requirement even for a many-point number profile.
+    assert check_profile(d, profile(format="number", points=[{"name": "a"}, {"name": "b"}])) == []
+
+
+@pytest.mark.parametrize(
+    ("over", "fragments"),
+    [
+        ({"topics": [], "items": []}, ("topics is empty and there are no items", "(items)")),
+        ({"topics": None}, ("topics",)),
+        (
+            {"items": [{"name": "fruit", "topic": "grading/{equipment}/{point}"}]},
+            ("items.0.topic", "{point} is only for telemetry topics"),
+        ),
+        ({"items": [{"name": "f", "topic": "grading/{equipment}/#"}]}, ("'#' is not allowed",)),
+        ({"items": [{"name": "f", "topic": "grading/fruit/{item}"}]}, ("{equipment} exactly",)),
+        (
+            {"items": [{"name": "f", "topic": "g/{equipment}/{item}/{item}"}]},
+            ("{item} may appear at most once",),
+        ),
+        ({"items": [{"name": "f", "topic": "g/{equipment}/x{item}"}]}, ("whole level",)),
+        ({"items": [{"name": "f", "topic": "g/{equipment}/{fruit}"}]}, ("unknown placeholder",)),
+        ({"items": [{"name": "f", "topic": ""}]}, ("non-empty",)),
+        ({"topics": ["g/{equipment}/{item}"]}, ("{item} is only for item topics",)),
+        ({"items": [FRUIT, {**IMAGE, "name": "fruit"}]}, ("duplicate item names (got fruit)",)),
+        (
+            {"items": [FRUIT, {"name": "any", "topic": "grading/{equipment}/fruit/+"}]},
+            ("items.0 (grading/{equipment}/fruit/{item}) and items.1", "grading/+/fruit/+"),
+        ),
+        (
+            {
+                "topics": ["coop/{equipment}/telemetry", "grading/{equipment}/fruit/{point}"],
+                "items": [IMAGE, FRUIT],
+            },
+            (
+                "items.1 (grading/{equipment}/fruit/{item}) and "
+                "topics.1 (grading/{equipment}/fruit/{point}) subscribe to the same filter "
+                "grading/+/fruit/+",
+            ),
+        ),
+        ({"items": [{**IMAGE, "max_payload_bytes": "17MiB"}]}, ("16 MiB",)),
+        ({"items": [{**IMAGE, "max_payload_bytes": 0}]}, ("greater than 0",)),
+        ({"items": [{**IMAGE, "name": "fruit.jpg"}]}, ("items.0.name",)),
+        ({"items": [{**IMAGE, "qos": 2}]}, ("qos", "Extra inputs")),
+        (
+            {"items": [{"name": f"c{i}", "topic": f"g/{{equipment}}/c{i}"} for i in range(17)]},
+            ("at most 16",),
+        ),
+    ],
+)
+def test_item_refusals(over: dict[str, Any], fragments: tuple[str, ...]) -> None:
+    data = {
+        "id": "packhouse",
+        "protocol": "mqtt",
+        "profile": "grading-line",
+        "host": "h",
+        "topics": ["coop/{equipment}/telemetry"],
+        **over,
+    }
+    refused(MqttDevice, data, *fragments)
+
+
+def test_item_problems_read_well_in_the_config_report() -> None:
+    """Through the loader, as a technician sees them: field path, reason, the bad value."""
+    from gateway.configload import load_config_data
+    from gateway.errors import ConfigError
+
+    def problems(**over: Any) -> list[str]:
+        dev = {"id": "packhouse", "protocol": "mqtt", "host": "h", "profile": "farm-machinery"}
+        data = {"gateway": {"id": "gw", "site": "s"}, "devices": [{**dev, **over}]}
+        with pytest.raises(ConfigError) as err:
+            load_config_data(data, base_dir=Path("."))
+        return err.value.problems
+
+    assert problems() == [
+        "devices.0: topics is empty and there are no items: give at least one telemetry topic "
+        "(topics) or item topic (items) (got packhouse)"
+    ]
+    assert problems(items=[FRUIT, {**IMAGE, "name": "fruit"}]) == [
+        "devices.0.items: duplicate item names (got fruit)"
+    ]
+    assert problems(items=[{"name": "f", "topic": "g/{equipment}/{point}"}]) == [
+        "devices.0.items.0.topic: topic 'g/{equipment}/{point}': {point} is only for telemetry "
+        "topics; an item topic names {equipment} and optionally {item} (got g/{equipment}/{point})"
+    ]
+
+
+def test_the_documented_item_example_is_valid() -> None:
+    """The YAML in the module docstring is what a technician copies: it must validate."""
+    import drivers.mqtt.config as module
+
+    doc = module.__doc__ or ""
+    example = yaml.safe_load(doc.split("```yaml\n", 1)[1].split("```", 1)[0])
+    d = MqttDevice.model_validate(example["devices"][0])
+    assert [(i.name, i.max_payload_bytes) for i in d.items] == [
+        ("fruit", 64 * 1024),
+        ("image", 2 * 1024 * 1024),
+    ]
+    assert example["equipment"][0]["device"] == d.id

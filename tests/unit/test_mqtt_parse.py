@@ -399,7 +399,7 @@ def test_number_payload_problems() -> None:
 def test_topic_templates_become_filters_and_match_back() -> None:
     t = TopicTemplate("coop/{equipment}/telemetry")
     assert t.filter == "coop/+/telemetry"
-    assert t.match("coop/tractor-01/telemetry") == ("tractor-01", None)
+    assert t.match("coop/tractor-01/telemetry") == ("tractor-01", None, None)
     assert t.match("coop/tractor-01/status") is None
     assert t.match("coop/a/b/telemetry") is None
     assert t.match("coop/telemetry") is None
@@ -408,9 +408,9 @@ def test_topic_templates_become_filters_and_match_back() -> None:
     p = TopicTemplate("sensors/+/{equipment}/{point}")
     assert p.filter == "sensors/+/+/+"
     assert p.has_point and not t.has_point
-    assert p.match("sensors/site-9/pump-1/rpm") == ("pump-1", "rpm")
+    assert p.match("sensors/site-9/pump-1/rpm") == ("pump-1", "rpm", None)
     assert p.topic_for("pump-1") == "sensors/+/pump-1/+"
-    assert match_topic([t, p], "sensors/x/pump-2/temp") == ("pump-2", "temp")
+    assert match_topic([t, p], "sensors/x/pump-2/temp") == ("pump-2", "temp", None)
     assert match_topic([t, p], "elsewhere") is None
 
 
@@ -434,6 +434,55 @@ def test_bad_topic_templates(template: str, why: str) -> None:
     assert problem is not None and why in problem
     with pytest.raises(ValueError):
         TopicTemplate(template)
+
+
+def test_item_templates_name_the_item_and_never_a_point() -> None:
+    t = TopicTemplate("grading/{equipment}/image/{item}", kind="item")
+    assert t.kind == "item" and t.filter == "grading/+/image/+"
+    assert t.has_item and not t.has_point
+    m = t.match("grading/line-1/image/000042")
+    assert m is not None and m.item == "000042" and m.equipment == "line-1"
+    assert m == ("line-1", None, "000042")
+    assert t.match("grading/line-1/fruit/000042") is None
+    assert t.match("grading/line-1/image") is None
+    assert t.match("grading/line-1/image/") == ("line-1", None, "")  # the level as sent
+    assert t.topic_for("line-1") == "grading/line-1/image/+"
+    assert t.topic_for("line-1", item="7") == "grading/line-1/image/7"
+
+    plain = TopicTemplate("packhouse/+/{equipment}/score", kind="item")
+    assert plain.filter == "packhouse/+/+/score" and not plain.has_item
+    assert plain.match("packhouse/north/grader-2/score") == ("grader-2", None, None)
+
+    telemetry = TopicTemplate("coop/{equipment}/telemetry")
+    assert telemetry.kind == "telemetry" and not telemetry.has_item
+    assert match_topic([telemetry, t], "grading/l/image/9") == ("l", None, "9")
+
+
+@pytest.mark.parametrize(
+    ("template", "why"),
+    [
+        ("grading/{equipment}/{point}", "{point} is only for telemetry topics"),
+        ("grading/{equipment}/#", "'#'"),
+        ("grading/image/{item}", "{equipment} exactly once"),
+        ("grading/{equipment}/{item}/{item}", "{item} may appear at most once"),
+        ("grading/{equipment}/fruit-{item}", "whole level"),
+        ("grading/{equipment}/{machine}", "use {equipment} and {item}"),
+        ("grading/{equipment}/a+", "whole level"),
+        ("", "non-empty"),
+    ],
+)
+def test_bad_item_templates(template: str, why: str) -> None:
+    problem = check_topic_template(template, kind="item")
+    assert problem is not None and why in problem, problem
+    with pytest.raises(ValueError):
+        TopicTemplate(template, kind="item")
+
+
+def test_item_is_not_a_telemetry_placeholder() -> None:
+    problem = check_topic_template("grading/{equipment}/{item}")
+    assert problem is not None and "{item} is only for item topics" in problem
+    with pytest.raises(ValueError, match="only for item topics"):
+        TopicTemplate("grading/{equipment}/{item}")
 
 
 # -- properties ------------------------------------------------------------------------------
@@ -514,3 +563,45 @@ def test_topic_matching_never_raises(topic: str) -> None:
     t = TopicTemplate("coop/{equipment}/telemetry")
     m = t.match(topic)
     assert m is None or (topic == f"coop/{m.equipment}/telemetry" and "/" not in m.equipment)
+
+
+# A topic level: any UTF-8 text but the separator and the MQTT wildcards (which a published
+# topic cannot hold); empty is a legal level too.
+levels = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="/+#\x00"),
+    max_size=12,
+)
+literals = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="/+#{}\x00"),
+    min_size=1,
+    max_size=8,
+)
+
+
+@st.composite
+def item_templates(draw: st.DrawFn) -> str:
+    segments = draw(st.lists(literals | st.just("+"), max_size=5))
+    segments.insert(draw(st.integers(0, len(segments))), "{equipment}")
+    if draw(st.booleans()):
+        segments.insert(draw(st.integers(0, len(segments))), "{item}")
+    return "/".join(segments)
+
+
+@settings(max_examples=300, deadline=None)
+@given(template=item_templates(), equipment=levels, item=levels, filler=levels)
+def test_item_topic_round_trip(template: str, equipment: str, item: str, filler: str) -> None:
+    """format then match gives back the same equipment and item; the topic is inside the
+    subscription filter."""
+    t = TopicTemplate(template, kind="item")
+    # The template's own `+` levels get arbitrary text: equipment, item and literals hold no
+    # `+`, so only those are replaced.
+    topic = t.topic_for(equipment, item=item).replace("+", filler)
+    m = t.match(topic)
+    assert m is not None, (template, topic)
+    assert m.equipment == equipment
+    assert m.item == (item if t.has_item else None)
+    assert m.point is None
+    levels_ = topic.split("/")
+    flt = t.filter.split("/")
+    assert len(levels_) == len(flt)
+    assert all(f in ("+", lv) for f, lv in zip(flt, levels_, strict=True))
