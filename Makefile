@@ -33,7 +33,7 @@ demo: $(VENV)/.runtime
 test: $(VENV)/.dev system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
-## bench: Modbus workload benchmark; prints a table (BENCH_JSON=file also writes JSON)
+## bench: gateway workloads (Modbus, OPC UA, MQTT) and every model; prints tables (BENCH_ONLY=models, BENCH_JSON=file)
 bench: $(VENV)/.dev
 	$(PY) -m tests.bench.run
 

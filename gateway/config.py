@@ -90,6 +90,11 @@ class StoreConfig(_Strict):
     synchronous: Literal["full", "normal"] = "full"
     #: Readings waiting for the writer before intake is refused (and counted) as backpressure.
     queue_max: int = Field(default=200_000, ge=1000)
+    #: At the cap, unsent raw readings are first folded into min / mean / max per point and
+    #: window (events and alarms never are); only when nothing is left to fold does the drop
+    #: policy apply. Off: the drop policy applies at once.
+    compact: bool = True
+    compact_window: Duration = 60.0
 
 
 class TlsFiles(_Strict):

@@ -117,6 +117,7 @@ CREATE TABLE IF NOT EXISTS latest(
     reason TEXT
 );
 CREATE TABLE IF NOT EXISTS consumers(name TEXT PRIMARY KEY, cursor INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS consumer_seq(name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -150,6 +151,10 @@ _UPSERT_COUNTER = (
 )
 _REGISTER = "INSERT INTO consumers(name, cursor) VALUES (?, ?) ON CONFLICT(name) DO NOTHING"
 _ACK = "UPDATE consumers SET cursor = max(cursor, ?) WHERE name = ?"
+_SEQ = (
+    "INSERT INTO consumer_seq(name, seq) VALUES (?, ?)"
+    " ON CONFLICT(name) DO UPDATE SET seq = max(seq, excluded.seq)"
+)
 
 _COLS = "r.id, p.name, r.kind, r.value, r.quality, r.ts_gateway, r.ts_source, r.reason"
 _SELECT_PENDING = (
@@ -181,6 +186,11 @@ _RETENTION_CHUNK = 10_000
 #: Drop-oldest / trim deletes stop at this share of the cap, so the cap is not hit again at once.
 _CAP_TARGET = 0.9
 _SQL_VARS = 500
+#: Raw readings examined per compaction step (one transaction).
+_COMPACT_CHUNK = 20_000
+#: Points whose every reading is kept at full fidelity: model events and alarm states.
+_FULL_FIDELITY_SUFFIX = ".event"
+_FULL_FIDELITY_INFIX = ".alarm_"
 #: Rows per cap-enforcement delete, and the time one writer round may spend on it.
 _CAP_CHUNK = 50_000
 _CAP_BUDGET_S = 0.25
@@ -241,6 +251,8 @@ class StoreStats:
     dropped: dict[str, int] = field(default_factory=dict)
     #: Readings removed after every consumer had them (retention or cap): not a loss.
     trimmed: int = 0
+    #: Unsent raw readings folded into min/mean/max per window to make room (persistent).
+    compacted: int = 0
     #: Highest committed reading id.
     last_id: int = 0
     #: Committed cursor of every registered consumer.
@@ -318,6 +330,9 @@ class Store:
         self._batches_committed = 0
         self._acks_pending: dict[str, int] = {}
         self._regs_pending: dict[str, int] = {}
+        self._seqs_pending: dict[str, int] = {}
+        #: Per-consumer batch sequence numbers, committed with the cursor they belong to.
+        self._seqs: dict[str, int] = {}
         self._dead_pending: list[tuple[float, str, str, str, bytes, int]] = []
         self._dead_letters_keep = DEAD_LETTERS_KEEP
         self._dead_refusing = False
@@ -333,6 +348,9 @@ class Store:
         self._cursors: dict[str, int] = {}
         self._dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._trimmed = 0
+        self._compacted = 0
+        #: Readings with ids up to this were examined by compaction (persisted in `meta`).
+        self._compacted_upto = 0
         self._counters_version = 0
         self._counters_written = 0
         self._counters_pending: int | None = None
@@ -571,6 +589,15 @@ class Store:
             extra={"store_path": str(self.path), "consumer": name, "cursor": self._last_id},
         )
 
+    def consumer_seq(self, consumer: str) -> int:
+        """The last batch sequence number committed with this consumer's cursor (0: none)."""
+        with self._lock:
+            return self._seqs.get(consumer, 0)
+
+    def cursor(self, consumer: str) -> int:
+        """The consumer's committed cursor (the highest id the far side confirmed)."""
+        return self._cursor(consumer)
+
     async def pending(self, consumer: str, limit: int) -> list[StoredReading]:
         """Up to `limit` readings the consumer has not acked, ascending id."""
         cursor = self._cursor(consumer)
@@ -579,10 +606,12 @@ class Store:
         rows = await self._read(_fetch, _SELECT_PENDING, (cursor, limit))
         return _decode_rows(rows)
 
-    async def ack(self, consumer: str, upto: int) -> None:
+    async def ack(self, consumer: str, upto: int, seq: int | None = None) -> None:
         """Mark readings up to `upto` delivered; returns once the cursor is committed.
 
-        Cursors only move forward, and never past the highest committed id.
+        Cursors only move forward, and never past the highest committed id. `seq` (an
+        uplink's batch sequence number) is committed in the same transaction, so after a
+        crash cursor and sequence agree.
         """
         with self._lock:
             if consumer not in self._cursors:
@@ -590,7 +619,15 @@ class Store:
             if self._state is not _State.OPEN:
                 raise StoreError(f"store {self.path}: ack() in state {self._state.value}")
             upto = min(int(upto), self._last_id)
-            if upto <= self._cursors[consumer] and consumer not in self._acks_pending:
+            new_seq = seq is not None and seq > self._seqs.get(consumer, 0)
+            if new_seq:
+                assert seq is not None
+                self._seqs_pending[consumer] = max(self._seqs_pending.get(consumer, seq), seq)
+            if (
+                upto <= self._cursors[consumer]
+                and consumer not in self._acks_pending
+                and not new_seq
+            ):
                 return
             self._acks_pending[consumer] = max(self._acks_pending.get(consumer, upto), upto)
             self._ops_enqueued += 1
@@ -646,6 +683,7 @@ class Store:
                 max_bytes=self.config.max_bytes,
                 dropped=dict(self._dropped),
                 trimmed=self._trimmed,
+                compacted=self._compacted,
                 last_id=self._last_id,
                 consumers=dict(self._cursors),
                 last_error=self._last_error,
@@ -791,10 +829,15 @@ class Store:
         self._rows = rows
         self._point_ids = dict(conn.execute("SELECT name, id FROM points"))
         self._cursors = dict(conn.execute("SELECT name, cursor FROM consumers"))
+        self._seqs = dict(conn.execute("SELECT name, seq FROM consumer_seq"))
+        row = conn.execute("SELECT value FROM meta WHERE key = 'compacted_upto'").fetchone()
+        self._compacted_upto = int(row[0]) if row else 0
         self._dead_rows = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
         for name, value in conn.execute("SELECT name, value FROM counters"):
             if name == "trimmed":
                 self._trimmed = value
+            elif name == "compacted":
+                self._compacted = value
             elif name == "dead_letters.dropped":
                 self._dead_dropped = value
             elif name.startswith("dropped."):
@@ -810,17 +853,19 @@ class Store:
         group_n = 0
         acks: dict[str, int] = {}
         regs: dict[str, int] = {}
+        seqs: dict[str, int] = {}
         dead: list[tuple[float, str, str, str, bytes, int]] = []
         ops_mark = self._ops_committed
         failures = 0
         next_housekeeping = time.monotonic() + self._housekeeping_interval
         while True:
             with self._cond:
-                if not group and not acks and not regs and not dead:
+                if not group and not acks and not regs and not dead and not seqs:
                     while not (
                         self._queue
                         or self._acks_pending
                         or self._regs_pending
+                        or self._seqs_pending
                         or self._dead_pending
                     ):
                         if self._stopping or self._abort.is_set():
@@ -845,13 +890,16 @@ class Store:
                 for name, upto in self._acks_pending.items():
                     acks[name] = max(acks.get(name, upto), upto)
                 regs.update(self._regs_pending)
+                for name, seq in self._seqs_pending.items():
+                    seqs[name] = max(seqs.get(name, seq), seq)
                 self._acks_pending.clear()
                 self._regs_pending.clear()
+                self._seqs_pending.clear()
                 if self._dead_pending:
                     dead += self._dead_pending
                     self._dead_pending = []
                 ops_mark = self._ops_enqueued
-                idle = not (group or acks or regs or dead)
+                idle = not (group or acks or regs or dead or seqs)
                 if idle and self._stopping and not self._queue:
                     break
             if self._abort.is_set():
@@ -859,13 +907,13 @@ class Store:
 
             if not idle:
                 try:
-                    self._write(group, group_n, acks, regs, ops_mark, dead)
+                    self._write(group, group_n, acks, regs, ops_mark, dead, seqs)
                 except Exception as exc:
                     failures += 1
                     self._failed("commit", exc, group_n, failures)
                     self._abort.wait(min(self._max_backoff, 0.05 * 2 ** min(failures, 10)))
                     continue
-                group, group_n, acks, regs, dead = [], 0, {}, {}, []
+                group, group_n, acks, regs, dead, seqs = [], 0, {}, {}, [], {}
                 if failures:
                     self._recovered(failures)
                     failures = 0
@@ -943,15 +991,17 @@ class Store:
         regs: dict[str, int],
         ops: int,
         dead: list[tuple[float, str, str, str, bytes, int]],
+        seqs: dict[str, int] | None = None,
     ) -> None:
         """Commit one gathered group plus ops, then publish the result to everyone waiting."""
+        seqs = seqs or {}
         try:
             rows, new_points, invalid, dead_deleted = self._transaction(
-                group, acks, regs, dead, slow=False
+                group, acks, regs, dead, slow=False, seqs=seqs
             )
         except _Slow:
             rows, new_points, invalid, dead_deleted = self._transaction(
-                group, acks, regs, dead, slow=True
+                group, acks, regs, dead, slow=True, seqs=seqs
             )
         now = self._clock()
         if group:
@@ -971,6 +1021,8 @@ class Store:
             self._ops_committed = max(self._ops_committed, ops)
             for name, upto in acks.items():
                 self._cursors[name] = max(self._cursors.get(name, upto), upto)
+            for name, seq in seqs.items():
+                self._seqs[name] = max(self._seqs.get(name, seq), seq)
             self._dead_rows += len(dead) - dead_deleted
         if rows or acks or dead:
             self._measure(self._db)
@@ -983,6 +1035,7 @@ class Store:
         dead: list[tuple[float, str, str, str, bytes, int]],
         *,
         slow: bool,
+        seqs: dict[str, int] | None = None,
     ) -> tuple[list[tuple[Any, ...]], dict[str, int], int, int]:
         start = self._last_id + 1
         new_points: dict[str, int] = {}
@@ -1014,6 +1067,8 @@ class Store:
                 conn.executemany(_REGISTER, regs.items())
             if acks:
                 conn.executemany(_ACK, [(upto, name) for name, upto in acks.items()])
+            if seqs:
+                conn.executemany(_SEQ, seqs.items())
             if dead:
                 conn.executemany(_INSERT_DEAD, dead)
                 # Ids only grow and rows leave only from the oldest end, so this keeps the
@@ -1164,6 +1219,11 @@ class Store:
             want = math.ceil((self._bytes_used - target) / per_row)
             hi = oldest + min(_CAP_CHUNK, max(256, want)) - 1
             sent = self._min_cursor()
+            if hi > sent and self._can_compact():
+                if oldest > sent:
+                    self._compact_step(oldest)
+                    continue  # unsent raw readings folded: look again before dropping any
+                hi = sent  # trim what every uplink has; fold the rest before dropping it
             if not drop_unsent:
                 hi = min(hi, sent)
                 if hi < oldest:
@@ -1185,6 +1245,89 @@ class Store:
         self._trimming = self._bytes_used > target and not stuck
         with self._lock:
             self._over_cap = self._bytes_used > cap
+
+    def _can_compact(self) -> bool:
+        """Compaction is on and some committed readings were not examined yet."""
+        return self.config.compact and self._compacted_upto < self._last_id
+
+    def _compact_step(self, oldest: int) -> None:
+        """Fold the next chunk of unsent raw readings, oldest first."""
+        lo = max(oldest, self._compacted_upto + 1)
+        hi = min(self._last_id, lo + _COMPACT_CHUNK - 1)
+        removed = self._compact(lo, hi)
+        self._measure(self._db)
+        if removed:
+            log.warning(
+                "store nearly full: unsent readings compacted to min/mean/max per window",
+                extra={
+                    "store_path": str(self.path),
+                    "readings_folded": removed,
+                    "ids": f"{lo}..{hi}",
+                    "window_s": self.config.compact_window,
+                },
+            )
+
+    def _compact(self, lo: int, hi: int) -> int:
+        """Per point and per `compact_window`, keep the reading with the lowest value, the one
+        with the highest, and turn one more into the window's mean; delete the rest.
+
+        Kept rows keep their ids and timestamps, so ids stay increasing and per-point order
+        holds; the reason says what each kept row now stands for. Only numeric readings of
+        quality GOOD or UNCERTAIN in windows of four or more are folded: BAD readings,
+        strings, booleans, model events and alarm states are kept at full fidelity.
+        Returns the number of readings deleted (counted as `compacted`, not as dropped).
+        """
+        conn = self._db
+        window = self.config.compact_window
+        names = {pid: name for name, pid in self._point_ids.items()}
+        rows = conn.execute(
+            "SELECT id, point, ts_gateway, quality, kind, value FROM readings"
+            " WHERE id BETWEEN ? AND ? ORDER BY id",
+            (lo, hi),
+        ).fetchall()
+        groups: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
+        for r in rows:
+            if r[4] not in (_K_INT, _K_FLOAT) or r[5] is None or r[3] == _QUALITY_INT[Quality.BAD]:
+                continue
+            name = names.get(r[1], "")
+            if name.endswith(_FULL_FIDELITY_SUFFIX) or _FULL_FIDELITY_INFIX in name:
+                continue
+            groups.setdefault((r[1], math.floor(r[2] / window)), []).append(r)
+        reasons: list[tuple[str, int]] = []
+        means: list[tuple[float, int, str, int]] = []
+        delete: list[tuple[int]] = []
+        for (_, w), g in groups.items():
+            n = len(g)
+            if n < 4:
+                continue
+            vals = [float(r[5]) for r in g]
+            i_min = min(range(n), key=vals.__getitem__)
+            i_max = max(range(n), key=vals.__getitem__)
+            i_mean = next(i for i in range(n - 1, -1, -1) if i not in (i_min, i_max))
+            span = f"{n} readings in the {window:g} s window from {w * window:.0f}"
+            reasons.append((f"compacted: min of {span}", g[i_min][0]))
+            reasons.append((f"compacted: max of {span}", g[i_max][0]))
+            mean = math.fsum(vals) / n
+            means.append((mean, _K_FLOAT, f"compacted: mean of {span}", g[i_mean][0]))
+            keep = {i_min, i_max, i_mean}
+            delete += [(g[i][0],) for i in range(n) if i not in keep]
+        with self._txn():
+            if reasons:
+                conn.executemany("UPDATE readings SET reason = ? WHERE id = ?", reasons)
+                conn.executemany(
+                    "UPDATE readings SET value = ?, kind = ?, reason = ? WHERE id = ?", means
+                )
+                conn.executemany("DELETE FROM readings WHERE id = ?", delete)
+                self._put_counters(conn, {"compacted": len(delete)})
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('compacted_upto', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (hi,),
+            )
+        if delete:
+            self._apply_counters({"compacted": len(delete)}, len(delete))
+        self._compacted_upto = hi
+        return len(delete)
 
     def _log_unsent_dropped(self, readings: int, upto_id: int) -> None:
         """Warn at the first drop and then at most once a minute with the total since: a full
@@ -1247,6 +1390,7 @@ class Store:
                 return
             values = {f"dropped.{k}": v for k, v in self._dropped.items()}
             values["trimmed"] = self._trimmed
+            values["compacted"] = self._compacted
             if self._dead_dropped:
                 values["dead_letters.dropped"] = self._dead_dropped
         for name, n in delta.items():
@@ -1259,6 +1403,8 @@ class Store:
             for name, n in delta.items():
                 if name == "trimmed":
                     self._trimmed += n
+                elif name == "compacted":
+                    self._compacted += n
                 else:
                     reason = name.removeprefix("dropped.")
                     self._dropped[reason] = self._dropped.get(reason, 0) + n

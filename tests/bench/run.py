@@ -353,11 +353,67 @@ def mqtt_workload(name: str, *, rate: float = 2000, machines: int = 30) -> dict[
         shutil.rmtree(work, ignore_errors=True)
 
 
-WORKLOADS = {
+def models_workload() -> list[dict[str, Any]]:
+    """Every shipped model through `millrace models bench`'s measurement, in this process:
+    bare onnxruntime call and the engine's whole path at 1 thread (the stand-in for one Pi 4
+    core), the bare call at all cores, and the engine's overhead."""
+    from gateway.inference.bench import run_bench
+
+    calls = int(os.environ.get("BENCH_MODEL_CALLS", "3000"))
+    report = run_bench(threads=os.cpu_count() or 1, calls=calls, progress=log)
+    out: list[dict[str, Any]] = []
+    for r in report["results"]:
+        multi = next((v for k, v in r.items() if k.startswith("bare_") and k != "bare_1t"), None)
+        entry = {
+            "name": f"model {r['model']} ({r['file']})",
+            "kind": "model",
+            "budget_ms": r["budget_ms"],
+            "bare_p50_ms": r["bare_1t"]["p50_ms"],
+            "bare_p99_ms": r["bare_1t"]["p99_ms"],
+            "engine_p50_ms": r["engine_1t"]["p50_ms"],
+            "engine_p99_ms": r["engine_1t"]["p99_ms"],
+            "engine_overhead_ms": r["engine_overhead_ms"],
+            "bare_all_cores_p99_ms": multi["p99_ms"] if multi else None,
+            "rows_per_s_batch32": r["rows_per_s_by_batch"]["32"],
+        }
+        if "decode" in r:
+            entry["image_decode_p50_ms"] = r["decode"]["p50_ms"]
+        out.append(entry)
+    for p in report["problems"]:
+        out.append({"name": "model (broken manifest)", "kind": "model", "error": p})
+    return out
+
+
+WORKLOADS: dict[str, Any] = {
     "modbus": lambda: modbus_workload("modbus-500x30", devices=500, endpoints=10, sim_procs=2),
     "opcua": lambda: opcua_workload("opcua-1000-nodes", nodes=1000, tick=0.2),
     "mqtt": lambda: mqtt_workload("mqtt-farm-2000msg", rate=2000, machines=30),
+    "models": models_workload,
 }
+
+
+def models_table(results: list[dict[str, Any]]) -> str:
+    cols = [
+        ("name", "model"),
+        ("bare_p50_ms", "bare p50 ms"),
+        ("bare_p99_ms", "bare p99 ms"),
+        ("engine_p50_ms", "engine p50 ms"),
+        ("engine_p99_ms", "engine p99 ms"),
+        ("engine_overhead_ms", "overhead ms"),
+        ("budget_ms", "budget ms"),
+        ("bare_all_cores_p99_ms", "bare p99 all cores"),
+        ("rows_per_s_batch32", "rows/s batch 32"),
+        ("image_decode_p50_ms", "decode p50 ms"),
+    ]
+    rows = [
+        [str(r.get(c, r.get("error", "")) if c != "name" else r["name"]) for c, _ in cols]
+        for r in results
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, (_, h) in enumerate(cols)]
+    out = [" | ".join(h.ljust(w) for (_, h), w in zip(cols, widths, strict=True))]
+    out.append("-+-".join("-" * w for w in widths))
+    out += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(out)
 
 
 def machine() -> str:
@@ -417,13 +473,20 @@ def main() -> int:
     results = []
     for key in chosen:
         try:
-            results.append(WORKLOADS[key.strip()]())
+            got = WORKLOADS[key.strip()]()
+            results.extend(got if isinstance(got, list) else [got])
         except Exception as exc:  # one broken workload must not hide the others' figures
             log(f"{key}: failed: {exc}")
             results.append({"name": key, "error": str(exc)})
+    gateway = [r for r in results if r.get("kind") != "model"]
+    models = [r for r in results if r.get("kind") == "model"]
     print(f"\nMillrace bench on {machine()}")
-    print(f"warm-up {WARMUP:.0f} s, measured {SECONDS:.0f} s per workload\n")
-    print(table(results))
+    if gateway:
+        print(f"warm-up {WARMUP:.0f} s, measured {SECONDS:.0f} s per workload\n")
+        print(table(gateway))
+    if models:
+        print("\nmodels: batch 1, 1 thread unless noted, after warm-up")
+        print(models_table(models))
     if path := os.environ.get("BENCH_JSON"):
         Path(path).write_text(json.dumps(results, indent=2))
         print(f"\nwrote {path}")

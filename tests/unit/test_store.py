@@ -371,7 +371,7 @@ async def test_queue_full_refuses_and_counts_a_burst(make_store: MakeStore) -> N
 async def test_drop_oldest_counts_unsent_when_a_consumer_lags(
     make_store: MakeStore, tmp_path: Path
 ) -> None:
-    store = await make_store(max_bytes=300_000)
+    store = await make_store(max_bytes=300_000, compact=False)
     store.register_consumer("slow")  # never acks
     accepted = await fill(store, 20_000)
     st = store.stats()
@@ -395,7 +395,7 @@ async def test_drop_oldest_counts_unsent_when_a_consumer_lags(
 async def test_drop_oldest_counts_trimmed_when_everything_was_sent(
     make_store: MakeStore, tmp_path: Path
 ) -> None:
-    store = await make_store("acked.db", max_bytes=300_000)
+    store = await make_store("acked.db", max_bytes=300_000, compact=False)
     store.register_consumer("fast")
     await fill(store, 20_000, ack="fast")
     st = store.stats()
@@ -404,7 +404,9 @@ async def test_drop_oldest_counts_trimmed_when_everything_was_sent(
     assert rows + st.trimmed == 20_000 and st.bytes_used <= 300_000
     assert counters["trimmed"] == st.trimmed and counters["dropped.oldest_unsent"] == 0
 
-    lone = await make_store("history.db", max_bytes=300_000)  # no consumer: plain history
+    lone = await make_store(
+        "history.db", max_bytes=300_000, compact=False
+    )  # no consumer: plain history
     await fill(lone, 20_000)
     st = lone.stats()
     rows, counters = on_disk(tmp_path / "history.db")
@@ -418,7 +420,11 @@ async def test_reject_new_refuses_until_acks_and_retention_free_space(
 ) -> None:
     clock = FakeClock()
     store = await make_store(
-        max_bytes=300_000, drop_policy=DropPolicy.REJECT_NEW, history_retention=60, clock=clock
+        max_bytes=300_000,
+        drop_policy=DropPolicy.REJECT_NEW,
+        history_retention=60,
+        clock=clock,
+        compact=False,
     )
     store.register_consumer("up")
     accepted = refused = 0
@@ -543,3 +549,76 @@ def test_stored_reading_is_frozen() -> None:
     r = StoredReading(1, "dev.a", 1.0, Quality.GOOD, 1.0, None, None)
     with pytest.raises(AttributeError):
         r.value = 2.0  # type: ignore[misc]
+
+
+# -- compaction before drops ----------------------------------------------------------------
+
+
+async def test_at_the_cap_unsent_readings_are_compacted_before_any_is_dropped(
+    make_store: MakeStore, tmp_path: Path
+) -> None:
+    store = await make_store(max_bytes=400_000, compact_window=60)
+    store.register_consumer("slow")  # never acks: everything stays unsent
+    t0 = 1_700_000_000.0
+    values = [float((i * 37) % 101) for i in range(12_000)]
+    for k in range(0, 12_000, 500):
+        b = [Reading("dev.temp", values[i], ts_gateway=t0 + i * 0.1) for i in range(k, k + 500)]
+        b += [Reading("dev.event", f'{{"n": {i}}}', ts_gateway=t0 + i) for i in range(k, k + 2)]
+        assert store.submit(b)
+        await store.flush()
+    st = store.stats()
+    assert st.dropped.get("oldest_unsent", 0) == 0  # folded, not dropped
+    assert st.compacted > 0 and st.bytes_used <= 400_000
+    rows = await store.pending("slow", 100_000)
+    temps = [r for r in rows if r.point == "dev.temp"]
+    events = [r for r in rows if r.point == "dev.event"]
+    assert len(events) == 48  # events at full fidelity
+    assert len(temps) + st.compacted == 12_000  # every raw reading is kept or counted
+    ids = [r.id for r in rows]
+    assert ids == sorted(ids)  # ids (and so per-point order) keep increasing
+    # each compacted 60 s window keeps its true min, max and mean
+    by_window: dict[int, list[StoredReading]] = {}
+    for r in temps:
+        if r.reason and r.reason.startswith("compacted"):
+            by_window.setdefault(int((r.ts_gateway - 0) // 60), []).append(r)
+    assert by_window
+    w, kept = next(iter(sorted(by_window.items())))
+    raw = [v for i, v in enumerate(values) if int((t0 + i * 0.1) // 60) == w]
+    got = {r.reason.split(":")[1].split()[0]: r.value for r in kept}
+    assert got["min"] == min(raw) and got["max"] == max(raw)
+    assert got["mean"] == pytest.approx(sum(raw) / len(raw))
+    await store.close()
+    reopened = await make_store(compact_window=60)
+    assert reopened.stats().compacted == st.compacted
+
+
+async def test_when_nothing_is_left_to_compact_the_drop_policy_applies(
+    make_store: MakeStore,
+) -> None:
+    # one reading per point and window: nothing to fold, so the oldest unsent must go
+    store = await make_store(max_bytes=300_000, compact_window=1)
+    store.register_consumer("slow")
+    t0 = 1_700_000_000.0
+    for k in range(0, 20_000, 500):
+        assert store.submit([Reading("dev.p", 1.0, ts_gateway=t0 + i) for i in range(k, k + 500)])
+        await store.flush()
+    st = store.stats()
+    assert st.compacted == 0
+    assert st.dropped["oldest_unsent"] > 0
+    assert st.rows + st.dropped["oldest_unsent"] == 20_000
+
+
+async def test_an_uplinks_batch_sequence_commits_with_its_cursor(make_store: MakeStore) -> None:
+    store = await make_store("seq.db")
+    store.register_consumer("uplink:a")
+    store.register_consumer("uplink:b")
+    await fill(store, 1000)
+    assert store.consumer_seq("uplink:a") == 0
+    await store.ack("uplink:a", 400, seq=1)
+    await store.ack("uplink:a", 1000, seq=2)
+    await store.ack("uplink:a", 900, seq=1)  # late or repeated: neither moves back
+    assert store.cursor("uplink:a") == 1000 and store.consumer_seq("uplink:a") == 2
+    assert store.cursor("uplink:b") == 0 and store.consumer_seq("uplink:b") == 0
+    await store.close()
+    again = await make_store("seq.db")
+    assert again.consumer_seq("uplink:a") == 2 and again.cursor("uplink:a") == 1000

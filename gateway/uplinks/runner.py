@@ -1,0 +1,239 @@
+"""Moves readings from the store's outbox to one uplink, and nothing leaves before it is confirmed.
+
+One runner per uplink, each with its own cursor in the store, so a slow or dead uplink never
+holds back another (they read the same rows independently). The loop:
+
+1. `connect()` the sender; on `SinkRetry`, back off (capped exponential with jitter) and try
+   again — the outbox keeps filling on disk meanwhile;
+2. read up to `batch_max` readings after the cursor (ascending id = per-point order);
+3. hand them to `send()` as an `OutboxBatch` with the next sequence number;
+4. on return, `ack(cursor=last id, seq)`: cursor and seq are committed in one transaction.
+   On `SinkRetry` the same rows go again with the same seq after a reconnect; on
+   `SinkThrottle` after the far side's `retry_after`.
+
+Private data never leaves: readings of points whose data class is `private` advance the
+cursor but are not handed to the sender (counted as `withheld`).
+
+The numbers a technician plans with (pending readings, oldest pending age, sent/s, hours of
+autonomy at the current rate) are computed on demand by `status()` for `/uplinks` and
+`/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import SinkRetry, SinkThrottle
+from gateway.store import Store, StoredReading
+from gateway.types import DataClass
+from gateway.uplinks.base import OutboxBatch, Sender, UplinkContext
+
+log = logging.getLogger("millrace.uplink")
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    batch_max: int = 2000
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    #: How long an idle runner waits before looking for new readings again.
+    idle_wait: float = 0.1
+
+
+@dataclass
+class _Rate:
+    """Readings per second over the last `window` seconds."""
+
+    window: float = 10.0
+    events: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def add(self, n: int, now: float) -> None:
+        self.events.append((now, n))
+        self._trim(now)
+
+    def per_s(self, now: float) -> float:
+        self._trim(now)
+        return sum(n for _, n in self.events) / self.window
+
+    def _trim(self, now: float) -> None:
+        while self.events and self.events[0][0] < now - self.window:
+            self.events.popleft()
+
+
+class UplinkRunner:
+    def __init__(
+        self,
+        sender: Sender,
+        store: Store,
+        context: UplinkContext,
+        settings: RunnerSettings | None = None,
+    ) -> None:
+        self.name = sender.name
+        self.sender = sender
+        self.store = store
+        self.ctx = context
+        self.settings = settings or RunnerSettings()
+        self.state = "starting"
+        self.sent = 0
+        self.batches = 0
+        self.withheld = 0
+        self.retries = 0
+        self.throttled = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.last_sent: float | None = None
+        self.connected = False
+        self._rate = _Rate()
+        self._wake = asyncio.Event()
+        self._ingest: tuple[float, int] | None = None
+        self._ingest_rate = 0.0
+
+    def consumer(self) -> str:
+        return f"uplink:{self.name}"
+
+    def register(self) -> None:
+        """Give the uplink its cursor (before the first reading is read; idempotent)."""
+        self.store.register_consumer(self.consumer())
+
+    def poke(self) -> None:
+        """New readings were committed (or a replay was asked for): look now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The supervised loop. Returns only by cancellation."""
+        self.register()
+        consumer = self.consumer()
+        delay = self.settings.backoff_initial
+        try:
+            while True:
+                if not self.connected:
+                    try:
+                        self.state = "connecting"
+                        await self.sender.connect()
+                    except SinkRetry as exc:
+                        delay = await self._backoff(str(exc), delay)
+                        continue
+                    self.connected = True
+                    self.state = "connected"
+                    delay = self.settings.backoff_initial
+                    log.info("uplink connected", extra={"uplink": self.name})
+                rows = await self.store.pending(consumer, self.settings.batch_max)
+                if not rows:
+                    self.state = "idle"
+                    self._wake.clear()
+                    try:
+                        async with asyncio.timeout(self.settings.idle_wait):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+                    continue
+                self.state = "sending"
+                cursor = self.store.cursor(consumer)
+                seq = self.store.consumer_seq(consumer) + 1
+                shown = [r for r in rows if not self._private(r)]
+                batch = OutboxBatch(self.name, seq, cursor, rows[-1].id, shown)
+                try:
+                    if shown:
+                        await self.sender.send(batch)
+                except SinkThrottle as exc:
+                    self.throttled += 1
+                    self.last_error = str(exc)
+                    self.state = "throttled"
+                    log.warning(
+                        "uplink throttled by the far side",
+                        extra={"uplink": self.name, "retry_after": exc.retry_after},
+                    )
+                    await asyncio.sleep(max(0.0, exc.retry_after))
+                    continue
+                except SinkRetry as exc:
+                    self.connected = False
+                    self.retries += 1
+                    delay = await self._backoff(str(exc), delay)
+                    continue
+                await self.store.ack(consumer, batch.last_id, seq)
+                now = time.time()
+                self.sent += len(shown)
+                self.withheld += len(rows) - len(shown)
+                self.batches += 1
+                self.last_sent = now
+                self.last_error = None
+                self._rate.add(len(shown), now)
+        finally:
+            self.state = "stopped"
+            self.connected = False
+
+    async def close(self) -> None:
+        await self.sender.close()
+
+    async def _backoff(self, reason: str, delay: float) -> float:
+        self.errors += 1
+        first = self.last_error != reason
+        self.last_error = reason
+        self.state = "backing_off"
+        wait = delay * random.uniform(0.8, 1.2)
+        (log.warning if first else log.debug)(
+            "uplink unavailable, retrying",
+            extra={"uplink": self.name, "error": reason, "retry_in_s": round(wait, 2)},
+        )
+        await asyncio.sleep(wait)
+        return min(delay * 2, self.settings.backoff_max)
+
+    def _private(self, r: StoredReading) -> bool:
+        meta = self.ctx.point_meta(r.point)
+        return meta is not None and meta.data_class is DataClass.PRIVATE
+
+    def status(self) -> dict[str, Any]:
+        """What `/uplinks` shows, computed now from the store's counters."""
+        st = self.store.stats()
+        consumer = self.consumer()
+        cursor = st.consumers.get(consumer, st.last_id)
+        now = time.time()
+        rate = self._rate.per_s(now)
+        return {
+            "name": self.name,
+            "state": self.state,
+            "connected": self.connected,
+            "cursor": cursor,
+            "seq": self.store.consumer_seq(consumer),
+            "pending": max(0, st.last_id - cursor),
+            "sent": self.sent,
+            "sent_per_s": round(rate, 2),
+            "batches": self.batches,
+            "withheld_private": self.withheld,
+            "retries": self.retries,
+            "throttled": self.throttled,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "last_sent": self.last_sent,
+            "dropped_unsent": st.dropped.get("oldest_unsent", 0),
+            "transport": self.sender.stats(),
+        }
+
+    async def details(self) -> dict[str, Any]:
+        """`status()` plus what needs a read: the oldest pending reading's age, and how many
+        hours the disk can keep buffering at the current ingest rate (the autonomy left if
+        this uplink stayed down from now)."""
+        out = self.status()
+        oldest = await self.store.pending(self.consumer(), 1)
+        now = time.time()
+        out["oldest_pending_age_s"] = round(now - oldest[0].ts_gateway, 3) if oldest else 0.0
+        st = self.store.stats()
+        if self._ingest is not None and now - self._ingest[0] >= 1.0:
+            self._ingest_rate = (st.committed - self._ingest[1]) / (now - self._ingest[0])
+        if self._ingest is None or now - self._ingest[0] >= 1.0:
+            self._ingest = (now, st.committed)
+        out["ingest_per_s"] = round(self._ingest_rate, 2)
+        per_row = st.bytes_used / st.rows if st.rows else 0.0
+        free = max(0, st.max_bytes - st.bytes_used)
+        if self._ingest_rate > 0 and per_row > 0:
+            out["autonomy_hours"] = round(free / (per_row * self._ingest_rate) / 3600, 2)
+        else:
+            out["autonomy_hours"] = None
+        out["bytes_per_reading"] = round(per_row, 1)
+        return out
