@@ -46,12 +46,13 @@ fmt: $(VENV)/.dev
 	$(VENV)/bin/ruff check --fix .
 
 # socat makes the pseudo-terminal pair the Modbus RTU tests run over; mosquitto is the real
-# broker the MQTT tests start on a free port (its system service is not used).
-SYSTEM_TOOLS := socat:socat mosquitto:mosquitto
+# broker the MQTT tests start on a free port; victoria-metrics is the real InfluxDB-write-API
+# server the influx uplink tests start on a free port (their system services are not used).
+SYSTEM_TOOLS := socat:socat mosquitto:mosquitto victoria-metrics:victoria-metrics
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || [ -x /usr/bin/$$cmd ] || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing (test dependencies)"; \

@@ -1,7 +1,7 @@
-"""The local API (FastAPI). Read-only views for now: health, devices, points, history,
-models and metrics. It binds to 127.0.0.1 unless the config says otherwise; token roles
-arrive with the security work (issue 8), and until then no endpoint can change anything on a
-device.
+"""The local API (FastAPI). Views of health, devices, points, history, models, uplinks and
+metrics; the one action is an uplink replay (re-sending data that already left). It binds to
+127.0.0.1 unless the config says otherwise; token roles arrive with the security work
+(issue 8), and until then no endpoint can change anything on a device.
 
 Timestamps are ISO 8601 in UTC with milliseconds; `since`/`until` accept ISO 8601 or epoch
 seconds.
@@ -9,7 +9,7 @@ seconds.
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import PlainTextResponse
@@ -120,6 +120,41 @@ class ModelOut(BaseModel):
     last_run: str | None
     last_values: dict[str, Value]
     pool_available: bool | None
+
+
+class UplinkOut(BaseModel):
+    name: str
+    state: str  # connecting | connected | idle | sending | backing_off | throttled | stopped
+    connected: bool
+    cursor: int
+    seq: int
+    pending: int
+    oldest_pending_age_s: float
+    sent: int
+    sent_per_s: float
+    ingest_per_s: float
+    autonomy_hours: float | None
+    bytes_per_reading: float
+    batches: int
+    withheld_private: int
+    retries: int
+    throttled: int
+    errors: int
+    last_error: str | None
+    transport_error: str | None
+    last_sent: str | None
+    dropped_unsent: int
+    compacted: int
+    replayed: int
+    replays_queued: int
+    transport: dict[str, float | int | bool | str | None]
+
+
+class ReplayOut(BaseModel):
+    uplink: str
+    since: str
+    until: str
+    queued: int
 
 
 class HistoryOut(BaseModel):
@@ -281,6 +316,38 @@ def create_app(gw: "Gateway") -> FastAPI:
         place, `error` says why), call latency p50/p99 against its budget, counters, the
         alarms it holds active and its newest outputs."""
         return [ModelOut(**{**m, "last_run": iso(m["last_run"])}) for m in gw.engine.status()]
+
+    def runner(name: str) -> Any:
+        found = next((u for u in gw.uplinks if u.name == name), None)
+        if found is None:
+            raise HTTPException(404, f"no uplink {name!r}")
+        return found
+
+    @app.get("/uplinks", response_model=list[UplinkOut])
+    async def uplinks() -> list[UplinkOut]:
+        """Per uplink: readings waiting and the oldest one's age, sent/s against the ingest
+        rate, hours the disk can keep buffering at that rate, retries, errors, drops."""
+        out = []
+        for u in gw.uplinks:
+            d = await u.details()
+            out.append(UplinkOut(**{**d, "last_sent": iso(d["last_sent"])}))
+        return out
+
+    @app.post("/uplinks/{name}/replay", response_model=ReplayOut, status_code=202)
+    async def replay(name: str, since: datetime, until: datetime | None = None) -> ReplayOut:
+        """Re-send every stored reading with since <= time < until (default: now) on this
+        uplink, for a far side that found a gap. Pages carry `replay: true`; the cursor does
+        not move; the far side de-duplicates by reading id."""
+        up = runner(name)
+        t0 = since.timestamp()
+        t1 = until.timestamp() if until else time.time()
+        if t0 >= t1:
+            raise HTTPException(422, "since must be before until")
+        try:
+            queued = up.replay(t0, t1)
+        except ValueError as exc:
+            raise HTTPException(429, str(exc)) from exc
+        return ReplayOut(uplink=name, since=iso(t0) or "", until=iso(t1) or "", queued=queued)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:

@@ -17,6 +17,7 @@ from drivers.mqtt.config import MqttDevice, MqttProfile
 from drivers.opcua.config import OpcuaDevice, OpcuaProfile
 from gateway.inference.config import InferenceConfig, ModelBinding
 from gateway.types import ByteSize, DataClass, Duration, Name
+from sync.config import OutboxConfig, UplinkConfig
 
 DeviceConfig = Annotated[
     ModbusTcpDevice | ModbusRtuDevice | OpcuaDevice | MqttDevice, Field(discriminator="protocol")
@@ -127,5 +128,8 @@ class GatewayConfig(_Strict):
     inference: InferenceConfig = InferenceConfig()
     #: ONNX models bound to this gateway's points or item channels (gateway.inference.config).
     models: list[ModelBinding] = Field(default_factory=list)
+    #: Transports to the central platform, each with its own outbox cursor (sync.config).
+    uplinks: list[UplinkConfig] = Field(default_factory=list)
+    outbox: OutboxConfig = OutboxConfig()
     #: Free-form secrets for later components, referenced as ${env:..} or ${file:..}.
     secrets: dict[Name, SecretStr] = Field(default_factory=dict)

@@ -257,6 +257,8 @@ def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str
     problems += _duplicates("equipment", equipment)
     models = list(_items(data.get("models")))
     problems += _duplicates("models", models)
+    uplinks = [(i, {**u, "id": u.get("name")}) for i, u in _items(data.get("uplinks"))]
+    problems += [p.replace(".id:", ".name:") for p in _duplicates("uplinks", uplinks)]
     taken = {d.get("id") for _, d in devices} | {e.get("id") for _, e in equipment}
     for i, mb in models:
         if isinstance(mb.get("id"), str) and mb["id"] in taken:

@@ -176,6 +176,7 @@ def render(gw: Gateway) -> str:
         ],
     )
     _models(out, gw)
+    _uplinks(out, gw)
     out.family(
         "millrace_component_restarts_total",
         "counter",
@@ -238,3 +239,32 @@ def _models(out: _Exposition, gw: Gateway) -> None:
         "Readings the engine's queue refused (full).",
         [({}, gw.engine.queue_dropped())],
     )
+
+
+def _uplinks(out: _Exposition, gw: Gateway) -> None:
+    if not gw.uplinks:
+        return
+    status = [u.status() for u in gw.uplinks]
+    out.family(
+        "millrace_uplink_connected",
+        "gauge",
+        "1 while the uplink is connected to its far side.",
+        [({"uplink": s["name"]}, int(s["connected"])) for s in status],
+    )
+    for key, name, kind, help_text in (
+        ("pending", "millrace_uplink_pending_readings", "gauge", "Readings not confirmed yet."),
+        ("sent", "millrace_uplink_sent_total", "counter", "Readings confirmed by the far side."),
+        ("sent_per_s", "millrace_uplink_sent_per_second", "gauge", "Sent over the last 10 s."),
+        ("batches", "millrace_uplink_batches_total", "counter", "Batches confirmed."),
+        ("retries", "millrace_uplink_retries_total", "counter", "Batches sent again."),
+        (
+            "throttled",
+            "millrace_uplink_throttled_total",
+            "counter",
+            "Pauses asked by the far side.",
+        ),
+        ("errors", "millrace_uplink_errors_total", "counter", "Connect or send failures."),
+        ("withheld_private", "millrace_uplink_withheld_total", "counter", "Private readings kept."),
+        ("replayed", "millrace_uplink_replayed_total", "counter", "Readings re-sent on request."),
+    ):
+        out.family(name, kind, help_text, [({"uplink": s["name"]}, s[key]) for s in status])

@@ -11,7 +11,7 @@ next one still runs (documented in docs/architecture.md):
   2. drain the bus      wait for queue subscribers to finish what they were given
   3. finish inference   model jobs already queued run; results are published; the pool stops
   4. flush the store    everything accepted (model results included) is committed to disk
-  5. close uplinks      (none yet: issue 5)
+  5. close uplinks      stop the runners (what is unconfirmed stays in the outbox), close
   6. close drivers      close device connections
   7. stop the API
   8. close the store
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import socket
 import time
@@ -38,9 +39,11 @@ from gateway.errors import MillraceError, WriteRejected
 from gateway.inference.engine import InferenceEngine
 from gateway.latest import LatestCache
 from gateway.readings import Reading, Value
-from gateway.store import Store
+from gateway.store import Store, StoredReading
 from gateway.supervisor import Supervisor
 from gateway.types import DataClass
+from sync.base import PointMeta, UplinkContext
+from sync.runner import UplinkRunner, build_runner
 
 log = logging.getLogger("millrace.gateway")
 
@@ -93,6 +96,10 @@ class Gateway:
             loaded, self.bus.publish, self.points.keys(), _item_channels(loaded)
         )
         self.points.update(_model_points(self.engine))
+        self.uplinks: list[UplinkRunner] = [
+            build_runner(u, self.store, self._uplink_context(u.name), self.config.outbox)
+            for u in self.config.uplinks
+        ]
         self._driver_of: dict[str, Driver] = {
             spec.device: drv for drv in self.drivers for spec in drv.points()
         }
@@ -112,6 +119,11 @@ class Gateway:
             Reading(r.point, r.value, r.quality, r.ts_gateway, r.ts_source, r.reason)
             for r in await self.store.latest()
         )
+        for runner in self.uplinks:
+            # Registered before any driver runs, so a new uplink starts with the first
+            # reading of this start, not wherever its task happens to begin.
+            runner.register()
+            self.supervisor.add(f"uplink:{runner.name}", runner.run, group="uplinks")
         self.bus.subscribe("store", self.store.submit)
         self.bus.subscribe("latest", self.latest.update)
         self.engine.attach(self.bus)
@@ -152,6 +164,12 @@ class Gateway:
             await self.store.flush(step_timeout)
         except Exception as exc:
             problems.append(f"store flush: {exc}")
+        problems += await self.supervisor.stop(self.supervisor.names("uplinks"), step_timeout)
+        for runner in self.uplinks:
+            try:
+                await asyncio.wait_for(runner.close(), step_timeout)
+            except Exception as exc:
+                problems.append(f"uplink {runner.name} close: {exc}")
         for drv in self.drivers:
             try:
                 await asyncio.wait_for(drv.close(), step_timeout)
@@ -191,6 +209,22 @@ class Gateway:
         host = self.config.api.host
         shown = f"[{host}]" if ":" in host else host
         return f"{scheme}://{shown}:{self.api_port}"
+
+    def _uplink_context(self, name: str) -> UplinkContext:
+        def meta(point: str) -> PointMeta | None:
+            info = self.points.get(point)
+            if info is None:
+                return None
+            eq = info.equipment[0] if info.equipment else None
+            return PointMeta(info.device, info.name, info.unit, eq, info.data_class)
+
+        def quarantine(uplink: str, reason: str, r: StoredReading) -> None:
+            record = {"id": r.id, "point": r.point, "value": r.value, "ts": r.ts_gateway}
+            payload = json.dumps(record, default=str).encode()
+            self.store.dead_letter(f"uplink:{uplink}", r.point, payload, reason)
+
+        ident = self.config.gateway
+        return UplinkContext(ident.id, ident.site, meta, quarantine, str(self.loaded.base_dir))
 
     def _item_sink(self, item: Item) -> bool:
         """Drivers are built before the engine (it needs their points), hence this hop."""

@@ -167,6 +167,10 @@ _SELECT_HISTORY = (
     " AND r.ts_gateway >= ? AND r.ts_gateway < ?"
     " ORDER BY r.ts_gateway DESC, r.id DESC LIMIT ?"
 )
+_SELECT_RANGE = (
+    f"SELECT {_COLS} FROM readings r JOIN points p ON p.id = r.point"
+    " WHERE r.id > ? AND r.ts_gateway >= ? AND r.ts_gateway < ? ORDER BY r.id LIMIT ?"
+)
 _LATEST_COLS = (
     "l.reading_id, p.name, l.kind, l.value, l.quality, l.ts_gateway, l.ts_source, l.reason"
 )
@@ -663,6 +667,16 @@ class Store:
         hi = math.inf if until is None else float(until)
         rows = await self._read(_fetch, _SELECT_HISTORY, (point, lo, hi, limit))
         rows.reverse()
+        return _decode_rows(rows)
+
+    async def time_range(
+        self, since: float, until: float, *, after_id: int = 0, limit: int = 1000
+    ) -> list[StoredReading]:
+        """Every point's readings with since <= ts_gateway < until and id > after_id, by
+        ascending id (a replay walks a range in pages by passing the last id it got)."""
+        if limit <= 0:
+            return []
+        rows = await self._read(_fetch, _SELECT_RANGE, (after_id, since, until, limit))
         return _decode_rows(rows)
 
     async def points(self) -> list[str]:

@@ -1,6 +1,6 @@
 """The contract between the outbox runner and a transport.
 
-The runner (`gateway.uplinks.runner`) owns the cursor: it reads the next readings after the
+The runner (`sync.runner`) owns the cursor: it reads the next readings after the
 uplink's cursor from the store, wraps them in an `OutboxBatch` with the uplink's next sequence
 number, hands it to `Sender.send`, and advances the cursor only when `send` returns. A sender
 therefore never acks anything itself, and nothing leaves the outbox before the far side
@@ -53,6 +53,10 @@ class OutboxBatch:
     prev_id: int
     last_id: int
     readings: list[StoredReading]
+    #: A page of a replay asked for through the API (`POST /uplinks/{name}/replay`): readings
+    #: the far side may already have, re-sent from history; `seq` is 0 and the cursor does
+    #: not move. The far side de-duplicates by reading id.
+    replay: bool = False
 
     @property
     def first_id(self) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 from gateway.errors import SinkRetry, SinkThrottle
 from gateway.store import Store, StoredReading
 from gateway.types import DataClass
-from gateway.uplinks.base import OutboxBatch, Sender, UplinkContext
+from sync.base import OutboxBatch, Sender, UplinkContext
 
 log = logging.getLogger("millrace.uplink")
 
@@ -93,6 +93,9 @@ class UplinkRunner:
         self._wake = asyncio.Event()
         self._ingest: tuple[float, int] | None = None
         self._ingest_rate = 0.0
+        #: Replays asked for: [since, until, last id sent]; served between outbox batches.
+        self._replays: deque[list[float]] = deque()
+        self.replayed = 0
 
     def consumer(self) -> str:
         return f"uplink:{self.name}"
@@ -112,6 +115,7 @@ class UplinkRunner:
         delay = self.settings.backoff_initial
         try:
             while True:
+                self._sample_ingest(time.time())
                 if not self.connected:
                     try:
                         self.state = "connecting"
@@ -123,6 +127,19 @@ class UplinkRunner:
                     self.state = "connected"
                     delay = self.settings.backoff_initial
                     log.info("uplink connected", extra={"uplink": self.name})
+                if self._replays:
+                    try:
+                        if await self._replay_page():
+                            continue
+                    except SinkThrottle as exc:
+                        self.throttled += 1
+                        await asyncio.sleep(max(0.0, exc.retry_after))
+                        continue
+                    except SinkRetry as exc:
+                        self.connected = False
+                        self.retries += 1
+                        delay = await self._backoff(str(exc), delay)
+                        continue
                 rows = await self.store.pending(consumer, self.settings.batch_max)
                 if not rows:
                     self.state = "idle"
@@ -171,6 +188,34 @@ class UplinkRunner:
     async def close(self) -> None:
         await self.sender.close()
 
+    def replay(self, since: float, until: float) -> int:
+        """Queue a re-send of every stored reading with since <= ts_gateway < until (the far
+        side found a gap). Returns the number of replays now queued (bounded at 16)."""
+        if len(self._replays) >= 16:
+            raise ValueError("16 replays are already queued for this uplink")
+        self._replays.append([since, until, 0.0])
+        self.poke()
+        return len(self._replays)
+
+    async def _replay_page(self) -> bool:
+        """Send the next page of the oldest queued replay; True when a page went out.
+        A failed send leaves the page to be tried again after the usual backoff."""
+        since, until, after = self._replays[0]
+        rows = await self.store.time_range(
+            since, until, after_id=int(after), limit=self.settings.batch_max
+        )
+        if not rows:
+            self._replays.popleft()
+            log.info("uplink replay finished", extra={"uplink": self.name, "since": since})
+            return False
+        shown = [r for r in rows if not self._private(r)]
+        batch = OutboxBatch(self.name, 0, rows[0].id - 1, rows[-1].id, shown, replay=True)
+        if shown:
+            await self.sender.send(batch)  # SinkRetry/SinkThrottle: handled by run()
+        self._replays[0][2] = float(rows[-1].id)
+        self.replayed += len(shown)
+        return True
+
     async def _backoff(self, reason: str, delay: float) -> float:
         self.errors += 1
         first = self.last_error != reason
@@ -183,6 +228,16 @@ class UplinkRunner:
         )
         await asyncio.sleep(wait)
         return min(delay * 2, self.settings.backoff_max)
+
+    def _sample_ingest(self, now: float) -> None:
+        """Readings committed per second, over the last 1-5 s (sampled from the run loop, so
+        the rate is known even while the far side is down and nothing is sent)."""
+        if self._ingest is not None and now - self._ingest[0] < 1.0:
+            return
+        committed = self.store.stats().committed
+        if self._ingest is not None:
+            self._ingest_rate = (committed - self._ingest[1]) / (now - self._ingest[0])
+        self._ingest = (now, committed)
 
     def _private(self, r: StoredReading) -> bool:
         meta = self.ctx.point_meta(r.point)
@@ -212,7 +267,11 @@ class UplinkRunner:
             "last_error": self.last_error,
             "last_sent": self.last_sent,
             "dropped_unsent": st.dropped.get("oldest_unsent", 0),
+            "compacted": st.compacted,
+            "replayed": self.replayed,
+            "replays_queued": len(self._replays),
             "transport": self.sender.stats(),
+            "transport_error": getattr(self.sender, "last_error", None),
         }
 
     async def details(self) -> dict[str, Any]:
@@ -224,10 +283,7 @@ class UplinkRunner:
         now = time.time()
         out["oldest_pending_age_s"] = round(now - oldest[0].ts_gateway, 3) if oldest else 0.0
         st = self.store.stats()
-        if self._ingest is not None and now - self._ingest[0] >= 1.0:
-            self._ingest_rate = (st.committed - self._ingest[1]) / (now - self._ingest[0])
-        if self._ingest is None or now - self._ingest[0] >= 1.0:
-            self._ingest = (now, st.committed)
+        self._sample_ingest(now)
         out["ingest_per_s"] = round(self._ingest_rate, 2)
         per_row = st.bytes_used / st.rows if st.rows else 0.0
         free = max(0, st.max_bytes - st.bytes_used)
@@ -237,3 +293,24 @@ class UplinkRunner:
             out["autonomy_hours"] = None
         out["bytes_per_reading"] = round(per_row, 1)
         return out
+
+
+def build_runner(config: Any, store: Store, context: UplinkContext, outbox: Any) -> UplinkRunner:
+    """The runner for one uplink config; the transport module is imported only when used."""
+    settings = RunnerSettings(
+        batch_max=outbox.batch_max,
+        backoff_initial=outbox.backoff_initial,
+        backoff_max=outbox.backoff_max,
+    )
+    sender: Sender
+    if config.type == "mqtt":
+        from sync.mqtt import MqttSender
+
+        sender = MqttSender(config, context)
+    elif config.type == "influx":
+        from sync.influx import InfluxSender
+
+        sender = InfluxSender(config, context)
+    else:  # pragma: no cover - the config union admits nothing else
+        raise ValueError(f"unknown uplink type {config.type}")
+    return UplinkRunner(sender, store, context, settings)
