@@ -227,14 +227,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     # Building the gateway (no I/O: nothing connects, the store is not opened) is what
     # checks the model bindings against the points the drivers declare.
     gw = Gateway(loaded, api=False)
-    print(summary(loaded))
+    models = []
     for inst in gw.engine.instances:
         b = inst.binding
         where = f"items {b.items.device}/{b.items.channel}" if b.items else "points"
         state = f"UNUSABLE: {inst.error}" if inst.error else "manifest ok, bound"
         if inst.state == "disabled":
             state = "disabled"
-        print(f"  model {inst.id:<16} {inst.stamp:<22} {where}  {state}")
+        models.append(f"  {inst.id:<20} {inst.stamp:<22} {where}  {state}")
+    print(summary(loaded, models))
     return EXIT_FAILURES if any(i.error for i in gw.engine.instances) else EXIT_OK
 
 
@@ -245,7 +246,7 @@ def _print_problems(source: str, problems: list[str]) -> None:
         print(line, file=sys.stderr)
 
 
-def summary(loaded: LoadedConfig) -> str:
+def summary(loaded: LoadedConfig, models: Sequence[str] = ()) -> str:
     """One screen: who this gateway is, what it talks to, where it keeps data."""
     cfg = loaded.config
     lines = [
@@ -268,16 +269,18 @@ def summary(loaded: LoadedConfig) -> str:
     if len(cfg.devices) > 15:
         lines.append(f"  ... and {len(cfg.devices) - 15} more")
     lines.append(f"equipment {len(cfg.equipment)}")
-    for e in cfg.equipment[:10]:
+    for e in cfg.equipment[:5]:
         lines.append(f"  {e.id:<20} {e.type:<18} on {e.device}  owner: {e.owner or '-'}")
-    if len(cfg.equipment) > 10:
-        lines.append(f"  ... and {len(cfg.equipment) - 10} more")
+    if len(cfg.equipment) > 5:
+        lines.append(f"  ... and {len(cfg.equipment) - 5} more")
     st = cfg.store
     lines.append(
         f"store    {loaded.store_path()}  cap {st.max_bytes / 1024**2:.0f} MiB, "
         f"{st.drop_policy}, history {st.history_retention / 86400:g} d, sync {st.synchronous}"
     )
     lines.append(f"models   {len(cfg.models)}")
+    lines += models
+    lines.append(f"uplinks  {', '.join(f'{u.name} ({u.type})' for u in cfg.uplinks) or 'none'}")
     api = cfg.api
     lines.append(
         f"api      {'https' if api.tls else 'http'}://{api.host}:{api.port}"

@@ -7,11 +7,13 @@ the latency numbers, nothing else). Each script puts `models/` on `sys.path` and
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as _dt
 import hashlib
 import os
 import platform
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -224,3 +226,183 @@ def embed_sklearn(model, n_features: int, prefix: str, input_name: str):
     nodes += list(m.graph.node)
     outs = {o.name[len(prefix) :]: o.name for o in m.graph.output}
     return nodes, list(m.graph.initializer), outs
+
+
+# --- fallback rules -------------------------------------------------------------------------
+# `fallback_rules` in a manifest: what the inference engine does while the model cannot load or
+# fails. Each rule is {name, when?, alarm?, severity, label?, grade?, note?, measured?}; `when`
+# is an expression in the small language below (see models/README.md, "Fallback rules").
+
+RULE_KEYS = ("name", "when", "alarm", "severity", "label", "grade", "note", "measured")
+RULE_SEVERITIES = ("info", "warning", "critical")
+_RULE_NAME = re.compile(r"[a-z0-9_]+")
+_BINOPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide}
+_CMPOPS = {
+    ast.Lt: np.less,
+    ast.LtE: np.less_equal,
+    ast.Gt: np.greater,
+    ast.GtE: np.greater_equal,
+    ast.Eq: np.equal,
+    ast.NotEq: np.not_equal,
+}
+_FUNCS = {"abs", "min", "max"}
+_WINDOW_FUNCS = {"mean_last", "last"}
+
+
+def check_when(expr: str, names, window: int | None = None) -> ast.Expression:
+    """Parse a rule's `when` and reject anything outside the language: numbers, the feature
+    point `names`, `pi`, + - * / and unary -, comparisons (chained), and/or/not, abs/min/max
+    and, for windowed models (`window` = rows in the window), mean_last(name, n) and last(name).
+    """
+    tree = ast.parse(expr, mode="eval")
+    names = set(names)
+
+    def bad(node, why):
+        raise ValueError(f"`when: {expr}`: {why} ({ast.dump(node)[:60]})")
+
+    def visit(node):
+        if isinstance(node, ast.Expression):
+            visit(node.body)
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                bad(node, "only numeric constants")
+        elif isinstance(node, ast.Name):
+            if node.id != "pi" and node.id not in names:
+                bad(node, f"unknown name {node.id!r}")
+        elif isinstance(node, ast.BinOp):
+            if type(node.op) not in _BINOPS:
+                bad(node, "operator not allowed")
+            visit(node.left)
+            visit(node.right)
+        elif isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, (ast.USub, ast.Not)):
+                bad(node, "unary operator not allowed")
+            visit(node.operand)
+        elif isinstance(node, ast.BoolOp):
+            for v in node.values:
+                visit(v)
+        elif isinstance(node, ast.Compare):
+            if any(type(op) not in _CMPOPS for op in node.ops):
+                bad(node, "comparison not allowed")
+            for v in [node.left, *node.comparators]:
+                visit(v)
+        elif isinstance(node, ast.Call):
+            f = node.func.id if isinstance(node.func, ast.Name) else None
+            if node.keywords or f not in _FUNCS | (_WINDOW_FUNCS if window else set()):
+                bad(node, "function not allowed")
+            if f == "abs" and len(node.args) != 1:
+                bad(node, "abs takes one argument")
+            if f in ("min", "max") and not node.args:
+                bad(node, f"{f} needs arguments")
+            if f in _WINDOW_FUNCS:
+                want = 2 if f == "mean_last" else 1
+                a = node.args
+                if len(a) != want or not isinstance(a[0], ast.Name) or a[0].id not in names:
+                    bad(node, f"{f} takes a feature name" + (" and n" if want == 2 else ""))
+                if f == "mean_last":
+                    n = a[1]
+                    if not (isinstance(n, ast.Constant) and type(n.value) is int):
+                        bad(node, "mean_last: n must be an integer literal")
+                    if not 1 <= n.value <= window:
+                        bad(node, f"mean_last: n must be 1..{window}")
+                return
+            for v in node.args:
+                visit(v)
+        else:
+            bad(node, f"{type(node).__name__} not allowed")
+
+    visit(tree)
+    return tree
+
+
+def eval_when(expr: str, values: dict[str, np.ndarray], window: int | None = None) -> np.ndarray:
+    """Evaluate `when` over many rows at once (the engine's semantics, vectorised with numpy).
+
+    `values[name]` is [N] (one value per evaluation) or, for windowed models, [N, window] with
+    the newest row last; a bare name then means the newest row, like last(name)."""
+    tree = check_when(expr, values, window)
+
+    def cur(v):
+        return v[:, -1] if v.ndim == 2 else v
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant):
+            return np.float64(node.value)
+        if isinstance(node, ast.Name):
+            return np.float64(np.pi) if node.id == "pi" else cur(values[node.id])
+        if isinstance(node, ast.BinOp):
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp):
+            v = ev(node.operand)
+            return np.negative(v) if isinstance(node.op, ast.USub) else np.logical_not(v)
+        if isinstance(node, ast.BoolOp):
+            f = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
+            out = ev(node.values[0])
+            for v in node.values[1:]:
+                out = f(out, ev(v))
+            return out
+        if isinstance(node, ast.Compare):
+            left, out = ev(node.left), True
+            for op, right_node in zip(node.ops, node.comparators, strict=True):
+                right = ev(right_node)
+                out = np.logical_and(out, _CMPOPS[type(op)](left, right))
+                left = right
+            return out
+        f, args = node.func.id, node.args
+        if f == "mean_last":
+            return values[args[0].id][:, -args[1].value :].mean(axis=1)
+        if f == "last":
+            return values[args[0].id][:, -1]
+        vals = [ev(a) for a in args]
+        if f == "abs":
+            return np.abs(vals[0])
+        return (np.minimum if f == "min" else np.maximum).reduce(np.broadcast_arrays(*vals))
+
+    n = len(next(iter(values.values())))
+    return np.broadcast_to(np.asarray(ev(tree), bool), (n,)).copy()
+
+
+def fallback_rule(
+    name: str,
+    *,
+    names,
+    window: int | None = None,
+    when: str | None = None,
+    alarm: str | None = None,
+    severity: str = "warning",
+    label: str | None = None,
+    grade: str | None = None,
+    note: str | None = None,
+    measured: dict | None = None,
+) -> dict[str, Any]:
+    """One `fallback_rules` entry, checked against the schema; None fields are left out."""
+    if not _RULE_NAME.fullmatch(name):
+        raise ValueError(f"fallback rule name {name!r} is not [a-z0-9_]+")
+    if severity not in RULE_SEVERITIES:
+        raise ValueError(f"fallback rule {name}: severity {severity!r}")
+    if when is not None:
+        check_when(when, names, window)
+    rule = {
+        "name": name,
+        "when": when,
+        "alarm": alarm,
+        "severity": severity,
+        "label": label,
+        "grade": grade,
+        "note": note,
+        "measured": measured,
+    }
+    return {k: v for k, v in rule.items() if v is not None}
+
+
+def check_fallback_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = [r["name"] for r in rules]
+    if len(set(names)) != len(names):
+        raise ValueError(f"fallback rule names are not unique: {names}")
+    for rule in rules:
+        extra = set(rule) - set(RULE_KEYS)
+        if extra:
+            raise ValueError(f"fallback rule {rule['name']}: unknown keys {sorted(extra)}")
+    return rules

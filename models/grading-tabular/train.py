@@ -309,19 +309,20 @@ def build_manifest(args, metrics, lat, out, final, cv, slice_acc, diff, model, s
                 "action": "route to manual inspection",
             },
         ],
-        "fallback_rules": [
-            {
-                "when": "the model is not loaded or fails, or an input field is missing",
-                "rule": "conservative: grade = 'unknown' and route the item to manual inspection "
-                "(never pass an ungraded item as good)",
-                "then": {
-                    "grade": "unknown",
-                    "event": "grade",
-                    "alarm": "grading_degraded",
-                    "severity": "warning",
-                },
-            },
-        ],
+        "fallback_rules": C.check_fallback_rules(
+            [
+                C.fallback_rule(
+                    "grade_unknown",
+                    names=[],
+                    alarm="grading_degraded",
+                    severity="warning",
+                    grade="unknown",
+                    note="conservative: publish grade 'unknown' and route the item to manual "
+                    "inspection (never pass an ungraded item as good); also used when an input "
+                    "field is missing",
+                )
+            ]
+        ),
         "latency_budget_ms": 1.0,
         "metrics": metrics,
         "slice_check": {

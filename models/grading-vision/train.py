@@ -686,18 +686,20 @@ def build_manifest(args, metrics, lat, out, out8, slice_idx, rows, slice_acc, di
                 "action": "route to manual inspection",
             },
         ],
-        "fallback_rules": [
-            {
-                "when": "neither model.onnx nor model.int8.onnx loads, or decoding fails",
-                "rule": "conservative: grade = 'unknown' and route the item to manual inspection",
-                "then": {
-                    "grade": "unknown",
-                    "event": "grade",
-                    "alarm": "grading_degraded",
-                    "severity": "warning",
-                },
-            },
-        ],
+        "fallback_rules": C.check_fallback_rules(
+            [
+                C.fallback_rule(
+                    "grade_unknown",
+                    names=[],
+                    alarm="grading_degraded",
+                    severity="warning",
+                    grade="unknown",
+                    note="conservative: publish grade 'unknown' and route the item to manual "
+                    "inspection; active when neither model.onnx nor model.int8.onnx loads, or "
+                    "the image cannot be decoded",
+                )
+            ]
+        ),
         "latency_budget_ms": 10.0,
         "metrics": metrics,
         "slice_check": {

@@ -108,7 +108,9 @@ def feature_names() -> list[str]:
     return names + [f"std_all({s[1]})" for s in SENSORS]
 
 
-def windows(raw: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def windows(
+    raw: np.ndarray, units: np.ndarray, dtype=np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All full windows (step 1) of the given engines: raw X [N,30,14], capped RUL, unit."""
     idx = [COL_INDEX[c] for c in SENSOR_COLS]
     xs, ys, us = [], [], []
@@ -123,7 +125,7 @@ def windows(raw: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, np.ndarray,
         ys.append(np.minimum(rul[WINDOW - 1 :], CAP))
         us.append(np.full(n, u))
     return (
-        np.concatenate(xs).astype(np.float32),
+        np.concatenate(xs).astype(dtype),
         np.concatenate(ys).astype(np.float32),
         np.concatenate(us),
     )
@@ -236,38 +238,55 @@ def export_onnx(model, mean, std, path: Path) -> None:
     onnx.save(m, path)
 
 
-def fallback_rule(x_raw: np.ndarray, y: np.ndarray) -> dict:
+def fallback_rule(raw: np.ndarray, units: np.ndarray) -> dict:
     """A one-sensor rule for when the model cannot load: the 10-cycle mean of Ps30 (HPC static
-    pressure, the most monotone FD001 sensor) above a threshold means RUL <= 30 is likely."""
+    pressure, the most monotone FD001 sensor) above a threshold means RUL <= 30 is likely.
+
+    The threshold maximises F1 for RUL <= 30 over all training windows; the rule is then
+    written in the engine's expression language and evaluated AS WRITTEN (threshold rounded
+    to 3 decimals, float64 sensor values) to record its measured numbers."""
+    x, y, _ = windows(raw, units, np.float64)
     j = SENSOR_COLS.index("s11")
-    m10 = x_raw[:, -10:, j].mean(1)
+    m10 = x[:, -10:, j].mean(1)
     target = y <= 30
-    best = None
-    for thr in np.quantile(m10, np.linspace(0.5, 0.995, 400)):
-        pred = m10 >= thr
+
+    def prf(pred):
         tp = np.sum(pred & target)
         prec = tp / max(pred.sum(), 1)
         rec = tp / target.sum()
-        f1 = 2 * prec * rec / max(prec + rec, 1e-9)
+        return prec, rec, 2 * prec * rec / max(prec + rec, 1e-9)
+
+    best = None
+    for thr in np.quantile(m10, np.linspace(0.5, 0.995, 400)):
+        f1 = prf(m10 >= thr)[2]
         if best is None or f1 > best[0]:
-            best = (f1, thr, prec, rec)
-    f1, thr, prec, rec = best
-    return {
-        "when": "the model is not loaded or fails",
-        "rule": f"mean of the last 10 readings of ps30_hpc_static_pressure >= {thr:.2f} psia",
-        "point": "ps30_hpc_static_pressure",
-        "aggregate": "mean_last_10",
-        "op": ">=",
-        "value": round(float(thr), 3),
-        "then": {"alarm": "maintenance_due", "severity": "warning"},
-        "meaning": "RUL <= 30 cycles is likely",
-        "measured_on_training_windows": {
+            best = (f1, thr)
+    point = SENSORS[j][1]
+    when = f"mean_last({point}, 10) >= {best[1]:.3f}"
+    values = {s[1]: x[:, :, k] for k, s in enumerate(SENSORS)}
+    prec, rec, f1 = prf(C.eval_when(when, values, WINDOW))
+    assert abs(f1 - best[0]) < 2e-3, (f1, best)
+    C.log(f"fallback rule `{when}`: precision {prec:.4f}, recall {rec:.4f}, F1 {f1:.4f}")
+    rule = C.fallback_rule(
+        "ps30_high",
+        names=list(values),
+        window=WINDOW,
+        when=when,
+        alarm="maintenance_due",
+        severity="warning",
+        label="rul_le_30",
+        note="RUL <= 30 cycles is likely (Ps30 in psia); a coarse guard, not a model",
+        measured={
+            "positive": "RUL <= 30 cycles",
             "precision": C.r(prec),
             "recall": C.r(rec),
             "f1": C.r(f1),
-            "note": "in-sample on all 100 FD001 training engines; a rough guard, not a model",
+            "windows": len(y),
+            "note": "in-sample on all 100 FD001 training engines (every full window); a rough "
+            "guard, not a model",
         },
-    }
+    )
+    return C.check_fallback_rules([rule])
 
 
 def main() -> None:
@@ -375,7 +394,7 @@ def main() -> None:
         metrics,
         lat,
         out,
-        fallback_rule(x, y),
+        fallback_rule(raw, units),
         slice_rmse,
         int(sl.sum()),
         time.monotonic() - t_start,
@@ -510,7 +529,7 @@ def build_manifest(args, mean, std, metrics, lat, out, fallback, slice_rmse, sli
             "pool_available_if": "rul_cycles > 30",
             "meaning": "a machine with rul_cycles <= 30 is not offered to the pool",
         },
-        "fallback_rules": [fallback],
+        "fallback_rules": fallback,
         "latency_budget_ms": 1.0,
         "metrics": metrics,
         "slice_check": {

@@ -43,14 +43,29 @@ def write(tmp_path: Path, data: dict | str, name: str = "gateway.yaml") -> Path:
 def test_shipped_demo_config_is_valid(tmp_path: Path) -> None:
     loaded = load_config(write(tmp_path, sample_text()))
     cfg = loaded.config
-    assert [d.id for d in cfg.devices] == ["pump-1", "press-1", "line-1", "coop-broker"]
+    assert [d.id for d in cfg.devices] == [
+        "pump-1",
+        "press-1",
+        "line-1",
+        "cogen-1",
+        "coop-broker",
+        "grading-broker",
+    ]
     assert {d.protocol for d in cfg.devices} == {"modbus-tcp", "opcua", "mqtt"}
     assert set(loaded.profiles) == {
         "pump-station",
         "sugarcane-press",
         "cnc-machine-line",
+        "cogen-turbine",
         "farm-machinery",
+        "grading-line",
     }
+    assert [m.model for m in cfg.models] == [
+        "pdm-failure",
+        "pdm-rul",
+        "grading-tabular",
+        "grading-vision",
+    ]
     assert cfg.api.host == "127.0.0.1"  # loopback by default
     assert cfg.store.max_bytes == 256 * 1024**2
     assert cfg.store.history_retention == 2 * 86400

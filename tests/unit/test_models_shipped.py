@@ -11,9 +11,12 @@ Runtime packages only: numpy, onnxruntime, Pillow, pyyaml. A missing package or 
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
+import math
 import os
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,14 @@ REQUIRED_KEYS = [
     "latency",
 ]
 ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
+# fallback_rules: the schema and `when` language the inference engine implements
+RULE_KEYS = {"name", "when", "alarm", "severity", "label", "grade", "note", "measured"}
+SEVERITIES = {"info", "warning", "critical"}
+WHEN_NODES = (
+    ast.Expression, ast.Constant, ast.Name, ast.Load, ast.BinOp, ast.UnaryOp, ast.BoolOp,
+    ast.Compare, ast.Call, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.USub, ast.Not, ast.And,
+    ast.Or, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq,
+)  # fmt: skip
 
 
 def _need(module: str):
@@ -244,3 +255,174 @@ def test_grading_vision_slice_accuracy() -> None:
         acc = float(np.mean(probs.argmax(1) == y))
         want = expected["accuracy"][f["path"]]
         assert abs(acc - want) <= expected["tolerance"], (f["path"], acc, want)
+
+
+def _rule_names(m: dict[str, Any]) -> tuple[set[str], int | None]:
+    """Names a `when` may use (the feature points) and the window length (windowed models)."""
+    spec = m["inputs"][0]
+    points = {f["point"] for f in spec.get("features", []) if "point" in f}
+    return points, spec.get("window", {}).get("length")
+
+
+def _parse_when(expr: str, points: set[str], window: int | None) -> ast.Expression:
+    """Parse `when` and check it stays inside the engine's expression language."""
+    tree = ast.parse(expr, mode="eval")
+    functions = {"abs", "min", "max"} | ({"mean_last", "last"} if window else set())
+    callees = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    for node in ast.walk(tree):
+        assert isinstance(node, WHEN_NODES), f"`{expr}`: {type(node).__name__} not allowed"
+        if isinstance(node, ast.Constant):
+            assert type(node.value) in (int, float), f"`{expr}`: constant {node.value!r}"
+        elif isinstance(node, ast.Name) and id(node) not in callees:
+            assert node.id == "pi" or node.id in points, f"`{expr}`: unknown name {node.id!r}"
+        elif isinstance(node, ast.Call):
+            f, args = node.func, node.args
+            assert isinstance(f, ast.Name) and f.id in functions, f"`{expr}`: call not allowed"
+            assert not node.keywords, f"`{expr}`: keyword arguments"
+            if f.id in ("mean_last", "last"):
+                assert len(args) == (2 if f.id == "mean_last" else 1), f"`{expr}`: {f.id} args"
+                assert isinstance(args[0], ast.Name), f"`{expr}`: {f.id} needs a point name"
+                if f.id == "mean_last":
+                    n = args[1]
+                    assert isinstance(n, ast.Constant) and type(n.value) is int, f"`{expr}`"
+                    assert 1 <= n.value <= window, f"`{expr}`: mean_last n outside the window"
+            else:
+                assert len(args) == 1 if f.id == "abs" else args, f"`{expr}`: {f.id} arguments"
+    return tree
+
+
+class _WindowArgs(ast.NodeTransformer):
+    """mean_last(x, n) / last(x) -> mean_last('x', n) / last('x'): look the window up by name."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if isinstance(node.func, ast.Name) and node.func.id in ("mean_last", "last"):
+            node.args[0] = ast.copy_location(ast.Constant(node.args[0].id), node.args[0])
+        return self.generic_visit(node)
+
+
+def _when(expr: str, points: set[str], window: int | None):
+    """`when` -> predicate(values) in plain Python (the engine's semantics). `values` maps each
+    point to its value or, for windowed models, to its window (oldest first, newest last)."""
+    tree = ast.fix_missing_locations(_WindowArgs().visit(_parse_when(expr, points, window)))
+    code = compile(tree, "<when>", "eval")
+
+    def predicate(values: dict[str, Any]) -> bool:
+        scope: dict[str, Any] = {"pi": math.pi, "abs": abs, "min": min, "max": max}
+        if window:
+            scope["mean_last"] = lambda name, n: sum(values[name][-n:]) / n
+            scope["last"] = lambda name: values[name][-1]
+            scope.update({k: v[-1] for k, v in values.items()})  # bare name: newest row
+        else:
+            scope.update(values)
+        return bool(eval(code, {"__builtins__": {}}, scope))  # checked by _parse_when
+
+    return predicate
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_fallback_rules_schema(name: str) -> None:
+    m = manifest(name)
+    rules = m["fallback_rules"]
+    points, window = _rule_names(m)
+    assert isinstance(rules, list) and rules, f"{name}: fallback_rules must be a non-empty list"
+    seen = set()
+    for rule in rules:
+        assert isinstance(rule, dict) and set(rule) <= RULE_KEYS, f"{name}: {rule}"
+        assert re.fullmatch(r"[a-z0-9_]+", str(rule.get("name", ""))), f"{name}: rule name"
+        assert rule["name"] not in seen, f"{name}: duplicate rule name {rule['name']}"
+        seen.add(rule["name"])
+        assert rule.get("severity", "warning") in SEVERITIES, f"{name}/{rule['name']}"
+        for key in ("when", "alarm", "label", "grade", "note"):
+            assert isinstance(rule.get(key, ""), str), f"{name}/{rule['name']}: {key}"
+        assert isinstance(rule.get("measured", {}), dict), f"{name}/{rule['name']}: measured"
+        assert "alarm" in rule or "grade" in rule, f"{name}/{rule['name']}: no action"
+        if "when" in rule:
+            _parse_when(rule["when"], points, window)
+
+
+def test_when_language_rejects_outside_names_and_nodes() -> None:
+    points = {"speed", "torque"}
+    _parse_when("-speed * 2 * pi / 60 < 3 < max(torque, 1) and not abs(torque) >= 0", points, None)
+    _parse_when("mean_last(speed, 10) - last(torque) > min(speed, 3)", points, 30)
+    for bad in (
+        "speed ** 2 > 1",
+        "speed < 1 if torque else 2",
+        "rpm > 3",
+        "speed.real > 1",
+        "__import__('os')",
+        "mean_last(speed, 10) > 1",  # not a windowed model
+        "speed in (1, 2)",
+        "'a' < speed",
+        "speed // 2 > 1",
+        "abs(x=speed) > 1",
+        "speed[0] > 1",
+        "(lambda: 1)() > 0",
+    ):
+        with pytest.raises((AssertionError, SyntaxError)):
+            _parse_when(bad, points, None)
+    for bad in ("mean_last(speed, 31) > 1", "mean_last(speed, 2.5) > 1", "last(speed, 2) > 1"):
+        with pytest.raises(AssertionError):
+            _parse_when(bad, points, 30)
+
+
+def test_pdm_failure_fallback_rules_measured() -> None:
+    """Each rule, evaluated as written on every row of the training file, fires exactly as
+    often as the manifest recorded."""
+    m = manifest("pdm-failure")
+    path = _dataset(m["training"]["data"][0]["file"])
+    spec = m["inputs"][0]
+    points, window = _rule_names(m)
+    encoding = spec.get("encoding", {})  # categorical points are seen after their map
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    values = []
+    for r in rows:
+        row = {}
+        for ft in spec["features"]:
+            raw = r[ft["dataset_column"]]
+            enc = encoding.get(ft["name"])
+            row[ft["point"]] = enc["map"][raw] if enc else float(raw)
+        values.append(row)
+    failed = [r["Machine failure"] == "1" for r in rows]
+    for rule in m["fallback_rules"]:
+        when = _when(rule["when"], points, window)
+        fired = [when(v) for v in values]
+        got = {
+            "rows_fired": sum(fired),
+            "failures_caught": sum(f and y for f, y in zip(fired, failed, strict=True)),
+            "fired_without_failure": sum(f and not y for f, y in zip(fired, failed, strict=True)),
+        }
+        assert got == {k: rule["measured"][k] for k in got}, (rule["name"], got)
+
+
+def test_pdm_rul_fallback_rule_measured() -> None:
+    """The Ps30 rule, evaluated as written on every full window of the training file, has the
+    precision/recall the manifest recorded."""
+    np = _need("numpy")
+    m = manifest("pdm-rul")
+    path = _dataset(m["training"]["data"][0]["file"])
+    raw = np.loadtxt(path)
+    spec = m["inputs"][0]
+    points, window = _rule_names(m)
+    cols = {f["point"]: 4 + int(f["cmapss_column"][1:]) for f in spec["features"]}
+    cap = m["training"]["rul_cap"]
+    (rule,) = m["fallback_rules"]
+    when = _when(rule["when"], points, window)
+    tp = fp = fn = 0
+    for unit in np.unique(raw[:, 0]):
+        rows = raw[raw[:, 0] == unit]
+        series = {p: rows[:, c].tolist() for p, c in cols.items()}
+        for end in range(window, len(rows) + 1):
+            fired = when({p: s[end - window : end] for p, s in series.items()})
+            positive = min(rows[-1, 1] - rows[end - 1, 1], cap) <= 30
+            tp, fp, fn = (
+                tp + (fired and positive),
+                fp + (fired and not positive),
+                fn + (positive and not fired),
+            )
+    measured = rule["measured"]
+    assert tp + fp + fn > 0 and measured["windows"] == sum(
+        len(raw[raw[:, 0] == u]) - window + 1 for u in np.unique(raw[:, 0])
+    )
+    assert abs(tp / (tp + fp) - measured["precision"]) < 1e-4, (tp, fp)
+    assert abs(tp / (tp + fn) - measured["recall"]) < 1e-4, (tp, fn)
