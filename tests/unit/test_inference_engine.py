@@ -504,3 +504,59 @@ async def test_a_full_item_queue_refuses_and_counts(tmp_path: Path) -> None:
     assert eng.status()[0]["items_refused"] == 1
     wrong = Item("grading-broker", "grader-1", "image", "d", b"", "t", 0.0)
     assert eng.submit_item(wrong) is False  # no model reads that channel
+
+
+def _fruit_images(n: int) -> list[tuple[Path, str]]:
+    folder = DATASETS / "fruit-images"
+    if not (folder / "manifest.csv").exists():
+        pytest.fail(f"{folder} is missing (the model tests read ../shared/datasets)", pytrace=False)
+    with (folder / "manifest.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    picked = rows[:: max(1, len(rows) // n)][:n]
+    key = "path" if "path" in rows[0] else next(k for k in rows[0] if "path" in k or "file" in k)
+    label = (
+        "class" if "class" in rows[0] else next(k for k in rows[0] if "class" in k or "label" in k)
+    )
+    return [(folder / r[key], r[label]) for r in picked]
+
+
+@pytest.mark.parametrize("file", ["model", "model_int8"])
+async def test_camera_items_are_graded_by_the_vision_model(tmp_path: Path, file: str) -> None:
+    binding = {
+        "id": "cam",
+        "model": "grading-vision",
+        "file": file,
+        "items": {"device": "grading-broker", "channel": "image"},
+    }
+    eng, out = _engine(tmp_path, [binding], [], items=(("grading-broker", "image"),))
+    images = _fruit_images(8)
+    await eng.start()
+    try:
+        for i, (path, _) in enumerate(images):
+            item = Item(
+                "grading-broker",
+                "grader-1",
+                "image",
+                f"img-{i}",
+                path.read_bytes(),
+                "t",
+                time.time(),
+            )
+            assert eng.submit_item(item)
+        eng.submit_item(
+            Item("grading-broker", "grader-1", "image", "junk", b"\x89PNG-not", "t", 0.0)
+        )
+        await eventually(lambda: len(out.events("grade")) == 9)
+        grades = {e["item_id"]: e for e in out.events("grade")}
+        labels = {"fresh", "bruise_defect", "rot_defect", "scab_defect"}
+        for i in range(8):
+            ev = grades[f"img-{i}"]
+            assert ev["grade"] in ("good", "reject") and ev["class"] in labels
+            assert 0.25 <= ev["confidence"] <= 1.0
+            assert (ev["grade"] == "good") == (ev["class"] == "fresh" and ev["confidence"] >= 0.5)
+        assert grades["junk"]["grade"] == "unknown"
+        assert "not an image" in grades["junk"]["fallback_reason"]
+        st = eng.status()[0]
+        assert st["file"] == file and st["rows_run"] == 8 and st["items_bad"] == 1
+    finally:
+        await eng.stop(5)
