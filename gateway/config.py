@@ -96,6 +96,9 @@ class StoreConfig(_Strict):
     #: policy apply. Off: the drop policy applies at once.
     compact: bool = True
     compact_window: Duration = 60.0
+    #: Unsent readings older than this are dropped (counted `too_old`) even with room left:
+    #: for data worthless after a while. None keeps them until the cap says otherwise.
+    max_unsent_age: Duration | None = None
 
 
 class TlsFiles(_Strict):

@@ -64,8 +64,8 @@ log = logging.getLogger("millrace.store")
 
 SCHEMA_VERSION = 1
 
-#: Reasons a reading can be counted as dropped (the first three are the documented policy).
-DROP_REASONS = ("queue_full", "store_full", "oldest_unsent")
+#: Reasons a reading can be counted as dropped (the documented policies).
+DROP_REASONS = ("queue_full", "store_full", "oldest_unsent", "too_old")
 
 #: Bytes of a dead letter's payload that are kept (its full size is recorded beside it).
 DEAD_LETTER_PAYLOAD_MAX = 4096
@@ -1366,6 +1366,7 @@ class Store:
         """Delete readings older than history_retention that every consumer has, in chunks
         so intake never waits long. Walks ids from the oldest and stops at the first chunk
         with nothing old enough (ts_gateway grows with id, save for clock steps)."""
+        self._drop_too_old()
         conn = self._db
         cutoff = self._clock() - self.config.history_retention
         sent = self._min_cursor()
@@ -1387,6 +1388,37 @@ class Store:
             self._apply_counters({"trimmed": n}, n)
             lo = hi + 1
         self._measure(conn)
+
+    def _drop_too_old(self) -> None:
+        """With `max_unsent_age`, unsent readings older than it are dropped (counted
+        `too_old`): for a site where a reading is worthless after some time, the disk goes
+        to fresh data first. Off (None) by default: nothing unsent leaves by age."""
+        max_age = self.config.max_unsent_age
+        if max_age is None:
+            return
+        conn = self._db
+        cutoff = self._clock() - max_age
+        while not self._abort.is_set():
+            first = conn.execute(
+                "SELECT id, ts_gateway FROM readings ORDER BY id LIMIT 1"
+            ).fetchone()
+            if first is None or first[1] >= cutoff:
+                return
+            lo, hi = first[0], first[0] + _RETENTION_CHUNK - 1
+            with self._txn():
+                n = conn.execute(
+                    "DELETE FROM readings WHERE id BETWEEN ? AND ? AND ts_gateway < ?",
+                    (lo, hi, cutoff),
+                ).rowcount
+                if n:
+                    self._put_counters(conn, {"dropped.too_old": n})
+            if not n:
+                return
+            self._apply_counters({"dropped.too_old": n}, n)
+            log.warning(
+                "unsent readings older than max_unsent_age dropped",
+                extra={"store_path": str(self.path), "readings": n, "upto_id": hi},
+            )
 
     def _write_counters(self) -> None:
         """Persist refusals counted by `submit` when no transaction carried them."""

@@ -622,3 +622,19 @@ async def test_an_uplinks_batch_sequence_commits_with_its_cursor(make_store: Mak
     await store.close()
     again = await make_store("seq.db")
     assert again.consumer_seq("uplink:a") == 2 and again.cursor("uplink:a") == 1000
+
+
+async def test_unsent_readings_older_than_max_unsent_age_are_dropped_and_counted(
+    make_store: MakeStore,
+) -> None:
+    clock = FakeClock()
+    store = await make_store(max_unsent_age=3600, clock=clock)
+    store.register_consumer("down")  # never acks
+    assert store.submit([Reading("dev.p", float(i), ts_gateway=clock() - 7200) for i in range(50)])
+    assert store.submit([Reading("dev.p", float(i), ts_gateway=clock() - 60) for i in range(30)])
+    await store.flush()
+    await wait_until(lambda: store.stats().dropped["too_old"] == 50)
+    st = store.stats()
+    assert st.rows == 30 and st.trimmed == 0
+    pending = await store.pending("down", 100)
+    assert [r.id for r in pending] == list(range(51, 81))
