@@ -33,7 +33,7 @@ demo: $(VENV)/.runtime
 test: $(VENV)/.dev system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
-## bench: gateway workloads (Modbus, OPC UA, MQTT) and every model; prints tables (BENCH_ONLY=models, BENCH_JSON=file)
+## bench: gateway workloads (Modbus, OPC UA, MQTT, uplinks) and every model; prints tables (BENCH_ONLY=uplinks, BENCH_JSON=file)
 bench: $(VENV)/.dev
 	$(PY) -m tests.bench.run
 

@@ -90,6 +90,7 @@ class Gateway:
             self.bus.publish,
             dead_letter=self.store.dead_letter,
             item_sink=self._item_sink,
+            committed=self.store.flush,
         )
         self.points = _point_index(loaded, self.drivers)
         self.engine = InferenceEngine(
@@ -211,12 +212,20 @@ class Gateway:
         return f"{scheme}://{shown}:{self.api_port}"
 
     def _uplink_context(self, name: str) -> UplinkContext:
+        cache: dict[str, PointMeta | None] = {}
+
         def meta(point: str) -> PointMeta | None:
+            """Built once per point: senders and runners ask for every reading they send."""
+            if point in cache:
+                return cache[point]
             info = self.points.get(point)
-            if info is None:
-                return None
-            eq = info.equipment[0] if info.equipment else None
-            return PointMeta(info.device, info.name, info.unit, eq, info.data_class)
+            found = None
+            if info is not None:
+                eq = info.equipment[0] if info.equipment else None
+                found = PointMeta(info.device, info.name, info.unit, eq, info.data_class)
+            if len(cache) < 200_000:
+                cache[point] = found
+            return found
 
         def quarantine(uplink: str, reason: str, r: StoredReading) -> None:
             record = {"id": r.id, "point": r.point, "value": r.value, "ts": r.ts_gateway}

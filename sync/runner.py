@@ -95,6 +95,7 @@ class UplinkRunner:
         self._ingest_rate = 0.0
         #: Replays asked for: [since, until, last id sent]; served between outbox batches.
         self._replays: deque[list[float]] = deque()
+        self._private_points: dict[str, bool] = {}
         self.replayed = 0
 
     def consumer(self) -> str:
@@ -240,8 +241,14 @@ class UplinkRunner:
         self._ingest = (now, committed)
 
     def _private(self, r: StoredReading) -> bool:
-        meta = self.ctx.point_meta(r.point)
-        return meta is not None and meta.data_class is DataClass.PRIVATE
+        """Per point, once: a drain runs this for every reading of every batch."""
+        known = self._private_points.get(r.point)
+        if known is None:
+            meta = self.ctx.point_meta(r.point)
+            known = meta is not None and meta.data_class is DataClass.PRIVATE
+            if len(self._private_points) < 100_000:
+                self._private_points[r.point] = known
+        return known
 
     def status(self) -> dict[str, Any]:
         """What `/uplinks` shows, computed now from the store's counters."""

@@ -10,8 +10,12 @@ for every device to be online, warms up, then measures for BENCH_SECONDS (defaul
   (the gateway's own window, sampled every second; p50 is the median of the samples,
   p99 the worst sample).
 
+The `uplinks` workload (tests/bench/uplinks.py) measures store-and-forward instead: sustained
+readings/s to an MQTT and an InfluxDB uplink, and the drain rate after both far sides were
+down for BENCH_OUTAGE_S (30) seconds; it prints its own table.
+
 Figures depend on the machine: the table header names it. With BENCH_JSON=path the results
-are also written as a JSON list (one object per workload).
+are also written as a JSON list (one object per workload, per model, per uplink).
 """
 
 from __future__ import annotations
@@ -83,16 +87,16 @@ def start_sims(commands: list[list[str]], ready: str) -> list[subprocess.Popen[b
     return procs
 
 
-def measure_gateway(
+def start_gateway(
     name: str,
     work: Path,
     cfg: dict[str, Any],
     procs: list[subprocess.Popen[bytes]],
     *,
     devices: int,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    """Run `millrace run` on `cfg`, wait for `devices` online, warm up, measure, stop."""
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `millrace run` on `cfg` (API on a free port, appended to `procs` so the caller's
+    cleanup stops it) and wait (90 s at most) until `devices` are online; (process, API URL)."""
     api_port = free_port()
     cfg = {
         **cfg,
@@ -101,16 +105,18 @@ def measure_gateway(
     }
     cfg_path = work / "gateway.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    gw_log = (work / "gateway.log").open("w")
-    gw = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=gw_log,
-    )
+    with (work / "gateway.log").open("w") as gw_log:
+        gw = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=gw_log,
+        )
     procs.append(gw)
     url = f"http://127.0.0.1:{api_port}"
     deadline = time.monotonic() + 90
     while True:
+        if gw.poll() is not None:
+            raise RuntimeError(f"gateway exited {gw.returncode} at start:\n{gateway_log(work)}")
         try:
             health = json.loads(urllib.request.urlopen(url + "/health", timeout=2).read())
             if health["devices_online"] >= devices:
@@ -121,6 +127,38 @@ def measure_gateway(
         if time.monotonic() > deadline:
             raise RuntimeError(f"devices not online in 90 s ({progress})")
         time.sleep(1)
+    return gw, url
+
+
+def gateway_log(work: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join((work / "gateway.log").read_text().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_gateway(name: str, work: Path, gw: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """SIGTERM the gateway; how long it took and whether it exited 0."""
+    gw.send_signal(signal.SIGTERM)
+    t_stop = time.monotonic()
+    rc = gw.wait(timeout=60)
+    out = {"shutdown_s": round(time.monotonic() - t_stop, 2), "clean_shutdown": rc == 0}
+    if rc != 0:
+        log(f"{name}: gateway exited {rc} on SIGTERM; last log lines:\n{gateway_log(work)}")
+    return out
+
+
+def measure_gateway(
+    name: str,
+    work: Path,
+    cfg: dict[str, Any],
+    procs: list[subprocess.Popen[bytes]],
+    *,
+    devices: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Run `millrace run` on `cfg`, wait for `devices` online, warm up, measure, stop."""
+    gw, url = start_gateway(name, work, cfg, procs, devices=devices)
     log(f"{name}: all {devices} devices online; warming up {WARMUP:.0f} s")
     time.sleep(WARMUP)
     proc = psutil.Process(gw.pid)
@@ -162,15 +200,7 @@ def measure_gateway(
         "polls_failed": int(polls_failed),
         "seconds": round(wall, 1),
     }
-    gw.send_signal(signal.SIGTERM)
-    t_stop = time.monotonic()
-    rc = gw.wait(timeout=60)
-    result["shutdown_s"] = round(time.monotonic() - t_stop, 2)
-    result["clean_shutdown"] = rc == 0
-    if rc != 0:
-        gw_log.flush()
-        tail = (work / "gateway.log").read_text().splitlines()[-15:]
-        log(f"{name}: gateway exited {rc} on SIGTERM; last log lines:\n" + "\n".join(tail))
+    result.update(stop_gateway(name, work, gw))
     return result
 
 
@@ -384,10 +414,18 @@ def models_workload() -> list[dict[str, Any]]:
     return out
 
 
+def uplinks_workload() -> list[dict[str, Any]]:
+    """MQTT + InfluxDB uplinks: sustained rate, drain after an outage (tests/bench/uplinks.py)."""
+    from tests.bench.uplinks import uplinks_workload as run
+
+    return run("uplinks", rate=180, machines=30)
+
+
 WORKLOADS: dict[str, Any] = {
     "modbus": lambda: modbus_workload("modbus-500x30", devices=500, endpoints=10, sim_procs=2),
     "opcua": lambda: opcua_workload("opcua-1000-nodes", nodes=1000, tick=0.2),
     "mqtt": lambda: mqtt_workload("mqtt-farm-2000msg", rate=2000, machines=30),
+    "uplinks": uplinks_workload,
     "models": models_workload,
 }
 
@@ -478,12 +516,23 @@ def main() -> int:
         except Exception as exc:  # one broken workload must not hide the others' figures
             log(f"{key}: failed: {exc}")
             results.append({"name": key, "error": str(exc)})
-    gateway = [r for r in results if r.get("kind") != "model"]
+    gateway = [r for r in results if r.get("kind") not in ("model", "uplink")]
+    uplinks = [r for r in results if r.get("kind") == "uplink"]
     models = [r for r in results if r.get("kind") == "model"]
     print(f"\nMillrace bench on {machine()}")
     if gateway:
         print(f"warm-up {WARMUP:.0f} s, measured {SECONDS:.0f} s per workload\n")
         print(table(gateway))
+    if uplinks:
+        from tests.bench.uplinks import OUTAGE_S, uplinks_table
+
+        print(
+            f"\nuplinks: warm-up {WARMUP:.0f} s, sustained {SECONDS:.0f} s, both far sides down "
+            f"{OUTAGE_S:.0f} s, then drained. drain/ingest: drain sent/s over sustained ingest/s "
+            "(goal >= 10).\nCPU % drain: from the first batch after the restart until both "
+            "drained. CPU and RSS are the one gateway's (same in each row)."
+        )
+        print(uplinks_table(uplinks))
     if models:
         print("\nmodels: batch 1, 1 thread unless noted, after warm-up")
         print(models_table(models))
