@@ -184,3 +184,23 @@ def test_decode_image_gives_the_training_layout_and_refuses_non_images() -> None
     big = _png(8000, 6000, "1")  # 48 Mpx of one bit: a small file, a huge decode
     with pytest.raises(InputError, match="more than"):
         decode_image(big, spec)
+
+
+def test_models_bench_reports_bare_engine_and_overhead_as_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from gateway.cli import main
+
+    assert main(["models", "bench", "--model", "pdm-failure", "--calls", "100", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (r,) = report["results"]
+    assert r["model"] == "pdm-failure" and r["file"] == "model" and r["budget_ms"] == 1.0
+    for key in ("bare_1t", "engine_1t"):
+        assert 0 < r[key]["p50_ms"] <= r[key]["p99_ms"] and r[key]["calls"] == 100
+    assert r["engine_overhead_ms"] == pytest.approx(
+        r["engine_1t"]["p50_ms"] - r["bare_1t"]["p50_ms"], abs=1e-3
+    )
+    assert set(r["rows_per_s_by_batch"]) == {"1", "8", "32"}
+    assert report["machine"]["logical_cpus"] >= 1 and report["problems"] == []
