@@ -8,7 +8,7 @@ gateway knows which protocols exist.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 #: (source device, topic, payload, reason): where a driver hands input it could not use.
 DeadLetterSink = Callable[[str, str, bytes, str], None]
+#: Returns once everything emitted (and dead-lettered) before the call is durable
+#: (`Store.flush` fits); raises when it cannot say so.
+Committed = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,10 @@ class DriverContext:
     dead_letter: DeadLetterSink | None = None
     #: Receives discrete items (e.g. a fruit's image) from drivers that have item topics.
     item_sink: ItemSink | None = None
+    #: Durability barrier for drivers that acknowledge their input to the source (MQTT):
+    #: they acknowledge only what was emitted before a call that returned. None: a driver
+    #: acknowledges on receipt (tests that build drivers without a store).
+    committed: Committed | None = None
 
 
 #: protocol -> factory(units sharing one connection, context) -> Driver
@@ -59,6 +66,7 @@ def _mqtt(units: Sequence[tuple[Any, Any]], ctx: DriverContext) -> Driver:
         equipment=equipment,
         dead_letter=ctx.dead_letter,
         item_sink=ctx.item_sink,
+        committed=ctx.committed,
         base_dir=ctx.loaded.base_dir,
     )
 
@@ -76,9 +84,12 @@ def build_drivers(
     emit: Emit,
     dead_letter: DeadLetterSink | None = None,
     item_sink: ItemSink | None = None,
+    committed: Committed | None = None,
 ) -> list[Driver]:
     """One driver per connection key, in config order. `item_sink` receives the items of
-    MQTT devices with item topics (without one, those items are dead-lettered)."""
+    MQTT devices with item topics (without one, those items are dead-lettered).
+    `committed` (the store's `flush`) lets the MQTT driver acknowledge a message to its
+    broker only once what it produced is committed (see `DriverContext`)."""
     groups: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
     for device in loaded.config.devices:
         key = (device.protocol, device.connection_key)
@@ -88,5 +99,6 @@ def build_drivers(
         factory = _FACTORIES.get(protocol)
         if factory is None:  # pragma: no cover - the config union admits nothing else
             raise ValueError(f"no driver for protocol {protocol}")
-        drivers.append(factory(units, DriverContext(emit, loaded, dead_letter, item_sink)))
+        ctx = DriverContext(emit, loaded, dead_letter, item_sink, committed)
+        drivers.append(factory(units, ctx))
     return drivers

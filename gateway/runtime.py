@@ -90,6 +90,7 @@ class Gateway:
             self.bus.publish,
             dead_letter=self.store.dead_letter,
             item_sink=self._item_sink,
+            committed=self.store.flush,
         )
         self.points = _point_index(loaded, self.drivers)
         self.engine = InferenceEngine(

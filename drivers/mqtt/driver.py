@@ -18,10 +18,34 @@ SessionExpiryInterval; 3.1.1: clean_session=False) under a stable client id, and
 subscribed with the device's QoS (1) on every connect. The broker therefore queues what is
 published while we are away, and redelivers unacknowledged QoS 1 messages after a reconnect:
 nothing is lost across a broker restart (with broker persistence) or a gateway restart, and
-the duplicates are the few messages in flight at the break. paho acknowledges a message when
-`on_message` returns, i.e. once it is in the inbox; on a clean stop the inbox is drained and
-emitted before `run()` returns, so only a crash can lose what sat in memory (the same window
-as any reading before the store commits it).
+the duplicates are the few messages in flight at the break.
+
+Acknowledged after commit. With a `committed` barrier (the gateway passes `Store.flush`) and
+QoS 1, the client runs with paho's `manual_ack` and a message is acknowledged (PUBACK) only
+once everything it produced is committed: its readings, its dead letter, or its hand-off to
+the item sink. A `kill -9` at any moment therefore loses nothing the broker accepted: what
+was not committed was not acknowledged, and the broker delivers it again to the next session.
+Each drain records the `(connection, mid, qos)` of its messages after emitting its batch. One
+task on the event loop (`_ack_main`) waits `_ACK_LINGER` (10 ms) after a drain, awaits ONE
+`committed()` for every drain recorded by then (at most one per drain; under load one per
+10 ms plus a commit), then hands those ids, in arrival order, to the network thread and wakes
+its `select` through a socket pair. Only that thread calls `client.ack`: with an external
+loop paho's `ack` writes to the socket at once, and paho is not safe to drive from two
+threads. It sends them before its next read, so PUBACKs go out in the order the PUBLISHes
+came in, as MQTT requires ([MQTT-4.6.0-2]), and an id from an earlier connection is never
+sent on a later one (the broker resends that message: a duplicate, not a loss). A commit that
+fails or takes longer than `_COMMIT_TIMEOUT` withholds the acknowledgements and is awaited
+again (the readings are still queued in the store's writer); past `_UNACKED_MAX` messages
+waiting for their commit the drain holds back, the inbox fills, and the broker keeps the
+backlog. On a stop, the last drains' commit is awaited for `_CLOSE_COMMIT_TIMEOUT` at most
+and their PUBACKs go out before DISCONNECT; what is still not committed stays unacknowledged
+and comes again at the next start. MQTT 5 sessions ask for a Receive Maximum of
+`_RECEIVE_MAX`, so the broker's default in-flight window (Mosquitto: 20 messages) does not
+set the pace; under MQTT 3.1.1 that window is the broker's `max_inflight_messages`.
+Without `committed` (drivers built directly, as in tests) or with QoS 2, paho acknowledges
+on receipt as before. QoS 2 cannot be helped this way: paho answers PUBREC on receipt, after
+which the broker no longer holds the message, and with `manual_ack` a PUBREL for a message
+an earlier process received would never be completed.
 
 Bad input never stops the driver. A payload that is too large, does not parse, or names
 unknown equipment or points is counted per reason, logged at most once per `_LOG_EVERY`
@@ -39,7 +63,12 @@ dead-lettered or adopted alike) and the same health bookkeeping (an equipment th
 items is ONLINE). Then: larger than the item topic's `max_payload_bytes` -> dead letter
 `too_large`; no sink -> dead letter `no_item_consumer`; the sink says False (its queue is full)
 -> counted `items_refused` and logged rate-limited, NOT dead-lettered (a dead letter keeps 4 KB:
-thousands of image stubs would be noise, and would push real dead letters out). Item topics
+thousands of image stubs would be noise, and would push real dead letters out). A refused item
+is acknowledged all the same (after the commit, in order with the rest): left unacknowledged
+it would hold one of the broker's in-flight slots until the next reconnect, and enough of them
+would stop the telemetry that shares the connection; the loss is counted. An accepted item is
+acknowledged after the same commit, though it lives in the consumer's memory, not in the
+store: a crash can lose items accepted but not yet processed. Item topics
 are matched before telemetry templates; a topic with an `{item}` level is not cached (every
 item has a new topic). The inbox is also bounded in bytes (`_INBOX_MAX_BYTES`), since 20,000
 images would not fit in a small box's memory.
@@ -53,7 +82,11 @@ parse: it is alive, just garbled) brings it back ONLINE. Counters per equipment 
 `item_sink_failed`, `errors.<reason>`) and for the whole connection (`connection.*`, the same
 numbers on every equipment of the connection) are in `DeviceHealth.extra`.
 `polls_ok`/`polls_failed` count messages read (items: accepted by the sink)/refused,
-`requests` messages received, `reconnects` broker reconnects.
+`requests` messages received, `reconnects` broker reconnects. Acknowledging after commit:
+`connection.unacked` messages emitted and waiting for their commit, `connection.acked` those
+released after it, `connection.acks_sent` PUBACKs written, `connection.acks_stale` released
+after their connection was gone (the broker resends them), `connection.commit_slow` /
+`connection.commit_failed` commit waits that timed out / raised.
 
 Contract: nothing is emitted after `run()` returns or is cancelled; the network thread is
 stopped and joined before `run()` returns; `close()` disconnects cleanly (MQTT DISCONNECT, so
@@ -69,11 +102,12 @@ import math
 import random
 import re
 import select
+import socket
 import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -102,6 +136,12 @@ from gateway.types import NAME_PATTERN
 log = logging.getLogger("millrace.mqtt")
 
 DeadLetterSink = Callable[[str, str, bytes, str], None]
+#: Returns once everything emitted and dead-lettered before the call is committed.
+Committed = Callable[[], Awaitable[None]]
+#: What acknowledging one message takes: (connection number, packet id, QoS).
+_Ack = tuple[int, int, int]
+#: One message in the inbox: (topic or None when not UTF-8, payload, dup, what to ack).
+_Msg = tuple[str | None, bytes, bool, _Ack | None]
 
 #: Refusals decided by the driver (the parser's are `drivers.mqtt.parse.PARSE_REASONS`).
 DRIVER_REASONS = (
@@ -134,6 +174,21 @@ _LOOP_TIMEOUT = 0.1
 #: Packets read after one select() before looking at keepalive and stop again.
 _READ_BURST = 100
 _TOPIC_CACHE_MAX = 10_000
+#: Messages emitted and waiting for their commit before the drain holds back (and the inbox,
+#: then the broker, keeps the rest). Normal flow needs rate x (linger + commit): about a
+#: hundred. Kept well below what fills the store's writer queue (`queue_max`, 200,000
+#: readings: some 8,700 farm messages), so a stalled store makes us wait, not its refusals.
+_UNACKED_MAX = 5_000
+#: A commit wait longer than this is logged and counted, then awaited again.
+_COMMIT_TIMEOUT = 10.0
+#: How long acknowledgements wait for later drains to share their commit: `committed()` makes
+#: the store commit at once, and one commit per 5 ms drain cost ~15 % more CPU at 1,450 msg/s.
+_ACK_LINGER = 0.01
+#: On stop, how long the last acknowledgements may wait for their commit.
+_CLOSE_COMMIT_TIMEOUT = 2.0
+#: MQTT 5 Receive Maximum asked for when acknowledging after commit: how many unacknowledged
+#: QoS 1 messages the broker may have in flight to us (the spec's largest value).
+_RECEIVE_MAX = 65_535
 _NAME_RE = re.compile(NAME_PATTERN)
 
 
@@ -187,7 +242,10 @@ class MqttDriver:
     level); point ids are `<equipment>.<point>`. `dead_letter(device_id, topic, payload,
     reason)` receives refused messages (`Store.dead_letter` fits). `item_sink(item)` receives
     the messages on the device's item topics, on the event loop thread (see the module
-    docstring). `base_dir` resolves relative TLS file paths (the config file's folder).
+    docstring). `committed()` returns once everything emitted and dead-lettered before the
+    call is durable (`Store.flush` fits): given, QoS 1 messages are acknowledged to the broker
+    only after it (module docstring, "Acknowledged after commit"). `base_dir` resolves
+    relative TLS file paths (the config file's folder).
     """
 
     def __init__(
@@ -198,6 +256,7 @@ class MqttDriver:
         equipment: Sequence[str],
         dead_letter: DeadLetterSink | None = None,
         item_sink: ItemSink | None = None,
+        committed: Committed | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         base_dir: Path | None = None,
@@ -219,6 +278,9 @@ class MqttDriver:
         self._emit = emit
         self._dead_letter = dead_letter
         self._item_sink = item_sink
+        self._committed = committed
+        #: Acknowledge after commit (paho's manual_ack): QoS 1 only, see the module docstring.
+        self._manual = committed is not None and device.qos == 1
         self._clock = clock
         self._rng = rng or random.Random()
         self._base_dir = base_dir
@@ -254,8 +316,15 @@ class MqttDriver:
         self._conn_error: str | None = None
         self._started_at = 0.0  # loop time run() started: STARTING equipment go stale from it
 
+        # Acknowledgements (event-loop side): what each drain emitted, waiting for a commit.
+        self._unacked: list[list[_Ack]] = []
+        self._unacked_n = 0
+        self._held = False  # a drain held back because _UNACKED_MAX wait for their commit
+        self._ack_wanted: asyncio.Event | None = None
+        self._ack_task: asyncio.Task[None] | None = None
+
         # Shared with the network thread.
-        self._inbox: list[tuple[str | None, bytes, bool]] = []
+        self._inbox: list[_Msg] = []
         self._inbox_bytes = 0  # payload bytes in the inbox (guarded by _inbox_cond)
         self._inbox_cond = threading.Condition()
         self._drain_scheduled = False
@@ -269,6 +338,14 @@ class MqttDriver:
         self._paho_error: str | None = None  # paho's first error this attempt (thread)
         self._session_up = False  # CONNACK accepted on the current socket (thread)
         self._received = 0  # messages paho handed over (thread)
+        self._conn_no = 0  # connection number, +1 per successful connect (thread writes)
+        self._paused = threading.Event()  # set: the network thread reads no more messages
+        self._acks_ready: list[_Ack] = []  # committed, for the network thread to send
+        self._acks_lock = threading.Lock()
+        self._acks_sent = 0  # PUBACKs written (thread)
+        self._acks_stale = 0  # committed on a connection that is gone: the broker resends
+        self._wake_r: socket.socket | None = None  # wakes the network thread's select
+        self._wake_w: socket.socket | None = None
 
     # -- public interface ----------------------------------------------------------------
 
@@ -286,6 +363,10 @@ class MqttDriver:
         conn["connection.connected"] = 1.0 if self._connected else 0.0
         conn["connection.inbox"] = float(len(self._inbox))
         conn["connection.inbox_bytes"] = float(self._inbox_bytes)
+        if self._manual:
+            conn["connection.unacked"] = float(self._unacked_n)
+            conn["connection.acks_sent"] = float(self._acks_sent)
+            conn["connection.acks_stale"] = float(self._acks_stale)
         out = []
         for eq in self._equipment.values():
             extra = {k: float(v) for k, v in eq.counts.items()}
@@ -316,8 +397,13 @@ class MqttDriver:
     def stats(self) -> dict[str, int]:
         """Connection-level counters: messages (all received, items included), values,
         dead_lettered, items (item messages received), items_refused (the sink said it was
-        full), item_sink_failed (the sink raised), errors by reason."""
-        return dict(self._stats) | {f"errors.{k}": v for k, v in self._errors.items()}
+        full), item_sink_failed (the sink raised), errors by reason; when acknowledging after
+        commit also acked (released after their commit), acks_sent (PUBACKs written),
+        acks_stale (committed after their connection was gone), commit_slow/commit_failed."""
+        out = dict(self._stats) | {f"errors.{k}": v for k, v in self._errors.items()}
+        if self._manual:
+            out |= {"acks_sent": self._acks_sent, "acks_stale": self._acks_stale}
+        return out
 
     async def run(self) -> None:
         """Connect, subscribe and emit batches until cancelled (see the module docstring)."""
@@ -348,8 +434,27 @@ class MqttDriver:
                 "mqtt device has item topics but no item consumer: items will be dead-lettered",
                 extra=self._ctx(channels=[r.channel for r in self._item_routes]),
             )
+        if self._committed is not None and self._device.qos == 2:
+            log.warning(
+                "mqtt QoS 2 messages are acknowledged on receipt, not after the store's commit;"
+                " use QoS 1 for that guarantee",
+                extra=self._ctx(),
+            )
         self._stop.clear()
+        self._paused.clear()
         self._running = True
+        # Ids left from an earlier run() belong to a connection that is gone.
+        self._unacked, self._unacked_n, self._held = [], 0, False
+        with self._acks_lock:
+            self._acks_ready = []
+        if self._manual:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._ack_wanted = asyncio.Event()
+            self._ack_task = loop.create_task(
+                self._ack_main(), name=f"millrace-mqtt-acks-{self._device.id}"
+            )
         self._thread = threading.Thread(
             target=self._network_main,
             args=(self._client,),
@@ -363,19 +468,27 @@ class MqttDriver:
                 await asyncio.sleep(tick)
                 self._check_stale()
         finally:
-            # Stop intake (no callback emits from here on), stop and join the network thread,
-            # then emit what it had already handed over: acked by paho, so ours to keep.
+            # Stop intake (no callback emits from here on; the network thread reads no more),
+            # emit what it had handed over, acknowledge what of it the store committed in
+            # time, then stop and join the network thread (it sends those PUBACKs before
+            # DISCONNECT). A message read meanwhile is emitted, unacknowledged: it comes again.
             self._running = False
+            self._paused.set()
+            self._drain(final=True)
+            await self._settle_acks()
             await self._stop_network()
             self._connected = False
             self._drain(final=True)
+            self._close_wake()
 
     async def close(self) -> None:
-        """Disconnect cleanly (the broker keeps our session) and stop the network thread."""
+        """Disconnect cleanly (the broker keeps our session) and stop the network thread.
+        Acknowledgements still waiting for their commit are not sent (the broker resends)."""
         self._closed = True
         self._running = False
         await self._stop_network()
         self._connected = False
+        self._close_wake()
 
     # -- network thread ------------------------------------------------------------------
 
@@ -389,6 +502,7 @@ class MqttDriver:
             clean_session=None if v5 else False,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             reconnect_on_failure=False,  # we own reconnects (and their jitter)
+            manual_ack=self._manual,  # PUBACK after the store's commit (module docstring)
         )
         # A bug in a callback must not kill the network thread; ours catch their own errors.
         client.suppress_exceptions = True
@@ -408,6 +522,10 @@ class MqttDriver:
         if v5:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = min(int(dev.session_expiry), 0xFFFFFFFF)
+            if self._manual:
+                # A PUBACK now waits for a commit: the broker's default window (Mosquitto:
+                # 20 in flight) would make that the pace. The inbox bounds our memory.
+                properties.ReceiveMaximum = _RECEIVE_MAX
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -454,6 +572,8 @@ class MqttDriver:
                     delay = self._backoff(delay)
                     self._stop.wait(self._jitter(delay))
                     continue
+                # Packet ids are per connection: acks for an earlier one must not go out now.
+                self._conn_no += 1
                 rc = MQTTErrorCode.MQTT_ERR_SUCCESS
                 while not self._stop.is_set():
                     try:
@@ -484,21 +604,34 @@ class MqttDriver:
 
         `client.loop()` selects once per packet; this reads every packet already waiting
         (up to `_READ_BURST`) after one select, which measured about a third less CPU per
-        message at a few thousand messages per second. Writes (PUBACKs) go out from inside
-        `loop_read` as each message is handled; `loop_misc` keeps the keepalive.
+        message at a few thousand messages per second. PUBACKs go out from inside
+        `loop_read` as each message is handled, or, acknowledging after commit, from
+        `_send_acks` when the event loop hands committed ids over (and wakes the select);
+        `loop_misc` keeps the keepalive. While `_paused` (stopping) nothing more is read.
         """
         sock = client.socket()
         if sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
+        wake = self._wake_r
+        if self._acks_ready:
+            self._send_acks(client)
+        reading = not self._paused.is_set()
         # TLS may hold decrypted bytes the kernel socket no longer signals.
-        readable = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        readable = reading and isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
         if not readable:
+            watch: list[Any] = [sock] if reading else []
+            if wake is not None:
+                watch.append(wake)
             writing = [sock] if client.want_write() else []
             try:
-                ready, _, _ = select.select([sock], writing, [], _LOOP_TIMEOUT)
+                ready, _, _ = select.select(watch, writing, [], _LOOP_TIMEOUT)
             except (OSError, ValueError):  # closed under us
                 return MQTTErrorCode.MQTT_ERR_CONN_LOST
-            readable = bool(ready)
+            if wake is not None and wake in ready:
+                with contextlib.suppress(OSError):
+                    wake.recv(4096)
+                self._send_acks(client)
+            readable = sock in ready
         if readable:
             for _ in range(_READ_BURST):
                 before = self._received
@@ -507,16 +640,36 @@ class MqttDriver:
                     return rc
                 if self._received == before or client.socket() is None:
                     break  # nothing more waiting (or not a message: select again)
+                if self._paused.is_set():
+                    break
         if client.want_write():
             rc = client.loop_write()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return rc
         return client.loop_misc()
 
+    def _send_acks(self, client: mqtt.Client) -> None:
+        """Acknowledge what the event loop released (committed), in arrival order. Network
+        thread only: paho's `ack` writes to the socket at once, and only this thread may."""
+        with self._acks_lock:
+            acks, self._acks_ready = self._acks_ready, []
+        current = self._conn_no
+        sent = stale = 0
+        for conn_no, mid, qos in acks:
+            if conn_no == current and client.socket() is not None:
+                client.ack(mid, qos)
+                sent += 1
+            else:
+                stale += 1  # that connection is gone: the broker resends the message
+        self._acks_sent += sent
+        self._acks_stale += stale
+
     def _disconnect(self, client: mqtt.Client) -> None:
-        """Send DISCONNECT (normal: the broker keeps the session) and close the socket."""
+        """Send the PUBACKs released so far, then DISCONNECT (normal: the broker keeps the
+        session) and close the socket."""
         with contextlib.suppress(Exception):
             if client.socket() is not None:
+                self._send_acks(client)
                 client.disconnect()
                 deadline = time.monotonic() + 1.0
                 while client.socket() is not None and time.monotonic() < deadline:
@@ -603,7 +756,9 @@ class MqttDriver:
         self._received += 1
         # Typed bytes | bytearray; paho's decode_publish always produces bytes.
         payload = cast(bytes, msg.payload)
-        item = (topic, payload, bool(msg.dup))
+        qos = msg.qos
+        ack = (self._conn_no, msg.mid, qos) if qos and self._manual else None
+        item: _Msg = (topic, payload, bool(msg.dup), ack)
         with self._inbox_cond:
             # Backpressure: hold paho (and so the PUBACK and the broker) while the loop catches
             # up, rather than growing without bound (in messages, or in bytes for images).
@@ -640,6 +795,95 @@ class MqttDriver:
             log.error("mqtt network thread did not stop", extra=self._ctx())
         self._client = None
 
+    # -- acknowledgements after commit (event loop side) -------------------------------------
+
+    async def _ack_main(self) -> None:
+        """Release acknowledgements once committed: one `committed()` for every drain
+        recorded before the call, in order. A failed or slow commit withholds them and is
+        awaited again: the readings are still queued in the store, and the broker keeps
+        what we have not acknowledged."""
+        committed, wanted = self._committed, self._ack_wanted
+        assert committed is not None and wanted is not None
+        failures = 0
+        while True:
+            await wanted.wait()
+            await asyncio.sleep(_ACK_LINGER)  # the drains of the next moment share the commit
+            wanted.clear()
+            n = len(self._unacked)  # drains recorded (so emitted) before this call
+            if not n:
+                continue
+            try:
+                await asyncio.wait_for(committed(), _COMMIT_TIMEOUT)
+            except Exception as exc:
+                failures += 1
+                slow = isinstance(exc, TimeoutError)
+                code = "commit_slow" if slow else "commit_failed"
+                self._stats[code] += 1
+                suppressed = self._limiter.allow(code)
+                if suppressed is not None:
+                    why = f"no commit within {_COMMIT_TIMEOUT:g} s" if slow else repr(exc)
+                    log.warning(
+                        "mqtt acknowledgements withheld: the store has not committed",
+                        extra=self._ctx(
+                            reason=why[:300], waiting=self._unacked_n, suppressed=suppressed
+                        ),
+                    )
+                if not slow:  # a store that raises at once must not be asked in a busy loop
+                    await asyncio.sleep(min(5.0, 0.05 * 2 ** min(failures, 7)))
+                wanted.set()
+                continue
+            if failures:
+                log.info("mqtt acknowledgements resumed", extra=self._ctx(after=failures))
+                failures = 0
+            groups = self._unacked[:n]
+            del self._unacked[:n]
+            self._release(groups)
+
+    def _release(self, groups: list[list[_Ack]]) -> None:
+        """Hand committed acknowledgements to the network thread, in order, and wake it."""
+        acks = [a for g in groups for a in g]
+        self._unacked_n -= len(acks)
+        self._stats["acked"] += len(acks)
+        with self._acks_lock:
+            self._acks_ready.extend(acks)
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):  # full (it is awake anyway) or closed
+                self._wake_w.send(b"\0")
+        if self._held and self._loop is not None:
+            self._held = False
+            self._loop.call_soon(self._drain)
+
+    async def _settle_acks(self) -> None:
+        """On stop: stop the ack task, wait (bounded) for one last commit covering every
+        drain, and release those acknowledgements so they go out before DISCONNECT."""
+        task, self._ack_task = self._ack_task, None
+        if task is not None:
+            task.cancel()
+            await _outlast_cancels(task, _CLOSE_COMMIT_TIMEOUT)
+        n = len(self._unacked)
+        if not n or self._committed is None:
+            return
+        commit = asyncio.ensure_future(self._committed())
+        await _outlast_cancels(commit, _CLOSE_COMMIT_TIMEOUT)
+        if commit.done() and not commit.cancelled() and commit.exception() is None:
+            groups = self._unacked[:n]
+            del self._unacked[:n]
+            self._release(groups)
+            return
+        if not commit.done():
+            commit.cancel()
+        log.warning(
+            "mqtt stopping without acknowledging messages not committed: the broker sends"
+            " them again",
+            extra=self._ctx(messages=self._unacked_n),
+        )
+
+    def _close_wake(self) -> None:
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        self._wake_r = self._wake_w = None
+
     # -- event loop side -------------------------------------------------------------------
 
     def _drain_soon(self) -> None:
@@ -651,9 +895,14 @@ class MqttDriver:
 
     def _drain(self, *, final: bool = False, everything: bool = False) -> None:
         """Parse what the network thread gathered and emit it as one batch per call
-        (`_DRAIN_MAX` messages at most, unless `everything` or `final`)."""
+        (`_DRAIN_MAX` messages at most, unless `everything` or `final`); then record what
+        to acknowledge once the batch is committed. Held back (until `_release`) while
+        `_UNACKED_MAX` messages wait for their commit."""
         if not self._running and not final:
             return  # run() is stopping: its final drain takes what is left
+        if self._unacked_n >= _UNACKED_MAX and not final:
+            self._held = True  # the store is behind: the inbox, then the broker, waits
+            return
         with self._inbox_cond:
             inbox = self._inbox
             if len(inbox) <= _DRAIN_MAX or final or everything:
@@ -663,7 +912,7 @@ class MqttDriver:
                 more = False
             else:
                 items, self._inbox = inbox[:_DRAIN_MAX], inbox[_DRAIN_MAX:]
-                self._inbox_bytes -= sum(len(p) for _, p, _ in items)
+                self._inbox_bytes -= sum(len(p) for _, p, _, _ in items)
                 more = True
             self._inbox_cond.notify_all()
         if more and self._loop is not None:
@@ -673,8 +922,17 @@ class MqttDriver:
         batch = self._process(items)
         if batch:
             self._emit(batch)
+        if self._manual:
+            # After the emit: the next committed() call covers this batch (and its dead
+            # letters), whatever became of each message.
+            acks = [a for _, _, _, a in items if a is not None]
+            if acks:
+                self._unacked.append(acks)
+                self._unacked_n += len(acks)
+                if self._ack_wanted is not None:
+                    self._ack_wanted.set()
 
-    def _process(self, items: list[tuple[str | None, bytes, bool]]) -> Batch:
+    def _process(self, items: list[_Msg]) -> Batch:
         now = self._clock()
         loop_now = self._loop.time() if self._loop is not None else 0.0
         parser = self._parser
@@ -683,7 +941,7 @@ class MqttDriver:
         good = Quality.GOOD
         out: Batch = []
         self._stats["messages"] += len(items)
-        for topic, payload, dup in items:
+        for topic, payload, dup, _ack in items:
             if topic is None:
                 self._refuse(None, "(not UTF-8)", payload, "bad_topic", "topic is not UTF-8")
                 continue
@@ -921,6 +1179,8 @@ class MqttDriver:
             return
         if self._inbox:
             self._drain(everything=True)  # a message still lingering is not staleness
+            if self._held:
+                return  # nor is one held back for the store: nobody is judged on a backlog
         loop_now = self._loop.time()
         stale_after = self._device.stale_after
         for eq in self._equipment.values():
@@ -1015,6 +1275,22 @@ class _FirstError(logging.Handler):
         if self._driver._paho_error is None:
             with contextlib.suppress(Exception):
                 self._driver._paho_error = record.getMessage()[:300]
+
+
+async def _outlast_cancels(fut: asyncio.Future[Any], timeout: float) -> None:
+    """Wait up to `timeout` s for `fut` while the caller's task is being cancelled (the
+    supervisor re-delivers cancels every 0.5 s; a stopping driver must still finish).
+    `fut` is never cancelled here, and its outcome is not raised."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not fut.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({fut}, timeout=remaining)
+    if not fut.cancelled():
+        fut.exception()  # retrieved: no "exception was never retrieved" warning
 
 
 def _outside(bounds: tuple[float, float], value: float) -> str:

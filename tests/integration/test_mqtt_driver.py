@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.base import DeviceState
+from drivers.mqtt import driver as mqtt_driver
 from drivers.mqtt.config import MqttDevice, MqttProfile
 from drivers.mqtt.driver import MqttDriver
 from gateway.config import StoreConfig
@@ -104,6 +105,7 @@ def driver_for(
     equipment: list[str] | None = None,
     profile: MqttProfile = FARM,
     dead_letter: Callable[[str, str, bytes, str], None] | None = None,
+    committed: Callable[[], Awaitable[None]] | None = None,
     **over: Any,
 ) -> MqttDriver:
     dev = make_device(broker, **over)
@@ -112,6 +114,7 @@ def driver_for(
         emit,
         equipment=MACHINES if equipment is None else equipment,
         dead_letter=dead_letter,
+        committed=committed,
     )
 
 
@@ -441,6 +444,141 @@ async def test_persistent_session_queues_while_the_gateway_is_away(
         await asyncio.sleep(0.2)
     for machine in MACHINES:
         assert again.seqs(machine) == list(range(30)), machine
+
+
+# -- acknowledged after commit ---------------------------------------------------------------
+
+
+class Barrier:
+    """A `committed` callable the test controls: each call waits until `release()` (or
+    raises while `failing`); `calls` counts them."""
+
+    def __init__(self, *, released: bool = False, failing: int = 0) -> None:
+        self.gate = asyncio.Event()
+        if released:
+            self.gate.set()
+        self.failing = failing
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        if self.failing:
+            self.failing -= 1
+            raise RuntimeError("disk I/O error")
+        await self.gate.wait()
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+class Redelivered(Collector):
+    """A Collector that also keeps the dead letters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.letters: list[tuple[str, str, bytes, str]] = []
+
+
+async def _received_again(broker: Mosquitto, version: str, quiet: float = 0.5) -> Redelivered:
+    """What a new session under the same client id gets: the broker's unacknowledged
+    messages, redelivered. Its own commits pass at once, so it acknowledges them."""
+    got = Redelivered()
+    barrier = Barrier(released=True)
+    again = driver_for(
+        broker,
+        got,
+        mqtt_version=version,
+        dead_letter=lambda *a: got.letters.append(a),
+        committed=barrier,
+    )
+    async with running(again):
+        await connected(again)
+        await asyncio.sleep(quiet)  # a redelivery comes right after CONNACK
+        messages = again.stats().get("messages", 0)
+        await eventually(lambda: again.stats().get("acks_sent", 0) == messages, "its acks")
+    return got
+
+
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+async def test_a_message_is_acknowledged_only_after_its_commit(
+    mosquitto: Mosquitto, version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mqtt_driver, "_CLOSE_COMMIT_TIMEOUT", 0.3)
+    farm = MqttFarm(
+        mosquitto.host, mosquitto.port, machines=MACHINES, interval=0, mqtt_version=version
+    )
+    # 1. The commit never comes: emitted, never acknowledged; a stop does not wait for it
+    # past _CLOSE_COMMIT_TIMEOUT, and the broker delivers everything again next session.
+    got = Collector()
+    letters: list[tuple[str, str, bytes, str]] = []
+    stuck = Barrier()
+    driver = driver_for(
+        mosquitto,
+        got,
+        mqtt_version=version,
+        dead_letter=lambda *a: letters.append(a),
+        committed=stuck,
+    )
+    async with running(driver), farm:
+        await connected(driver)
+        farm.publish_round()
+        farm.inject("not_json", "tractor-01")  # a dead letter waits for the commit too
+        farm.publish_round()
+        await farm.drain()  # the broker has them all
+        await eventually(
+            lambda: all(len(got.seqs(m)) == 2 for m in MACHINES) and len(letters) == 1,
+            "every message emitted",
+        )
+        await eventually(lambda: stuck.calls >= 1, "a commit asked for")
+        await asyncio.sleep(0.1)
+        assert driver.stats()["acks_sent"] == 0
+        assert driver.health()[0].extra["connection.unacked"] == 7
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 2.0, "the stop waited on the commit"
+    assert driver.stats()["acks_sent"] == 0
+    redelivered = await _received_again(mosquitto, version)
+    for machine in MACHINES:
+        assert redelivered.seqs(machine) == [0, 1], machine
+    assert [a[3].split(":")[0] for a in redelivered.letters] == ["not_json"]
+    # That session acknowledged them after its commits: none comes a third time.
+    assert not (await _received_again(mosquitto, version)).readings()
+
+    # 2. The commit is released: then, and only then, the PUBACKs go out.
+    got = Collector()
+    gate = Barrier()
+    driver = driver_for(mosquitto, got, mqtt_version=version, committed=gate)
+    async with running(driver), farm:
+        await connected(driver)
+        for _ in range(3):
+            farm.publish_round()
+        await farm.drain()
+        await eventually(lambda: all(got.seqs(m) == [2, 3, 4] for m in MACHINES), "emitted")
+        await asyncio.sleep(0.1)
+        assert driver.stats()["acks_sent"] == 0
+        gate.release()
+        await eventually(lambda: driver.stats()["acks_sent"] == 9, "PUBACKs after the commit")
+        assert driver.stats()["acked"] == 9
+        assert driver.health()[0].extra["connection.unacked"] == 0
+        assert 1 <= gate.calls <= len(got.batches), "one commit per drain at most"
+    assert not (await _received_again(mosquitto, version)).readings()
+
+
+async def test_a_failing_commit_withholds_acks_until_the_store_recovers(
+    mosquitto: Mosquitto,
+) -> None:
+    got = Collector()
+    store = Barrier(released=True, failing=3)
+    driver = driver_for(mosquitto, got, committed=store)
+    async with running(driver):
+        await connected(driver)
+        async with MqttFarm(mosquitto.host, mosquitto.port, machines=MACHINES, interval=0) as farm:
+            farm.publish_round()
+            await farm.drain()
+            await eventually(lambda: len(got.readings()) > 0, "emitted")
+            await eventually(lambda: driver.stats()["acks_sent"] == 3, "acks after recovery", 15)
+        stats = driver.stats()
+    assert stats["commit_failed"] == 3 and store.calls >= 4
+    assert not (await _received_again(mosquitto, "5")).readings()
 
 
 # -- security ----------------------------------------------------------------------------------
