@@ -96,6 +96,7 @@ class UplinkRunner:
         #: Replays asked for: [since, until, last id sent]; served between outbox batches.
         self._replays: deque[list[float]] = deque()
         self._private_points: dict[str, bool] = {}
+        self._delay = self.settings.backoff_initial
         self.replayed = 0
 
     def consumer(self) -> str:
@@ -113,67 +114,36 @@ class UplinkRunner:
         """The supervised loop. Returns only by cancellation."""
         self.register()
         consumer = self.consumer()
-        delay = self.settings.backoff_initial
+        self._delay = self.settings.backoff_initial
         try:
             while True:
                 self._sample_ingest(time.time())
                 if not self.connected:
+                    self.state = "connecting"
                     try:
-                        self.state = "connecting"
                         await self.sender.connect()
                     except SinkRetry as exc:
-                        delay = await self._backoff(str(exc), delay)
+                        await self._retry_wait(str(exc))
                         continue
                     self.connected = True
                     self.state = "connected"
-                    delay = self.settings.backoff_initial
+                    self._delay = self.settings.backoff_initial
                     log.info("uplink connected", extra={"uplink": self.name})
                 if self._replays:
-                    try:
-                        if await self._replay_page():
-                            continue
-                    except SinkThrottle as exc:
-                        self.throttled += 1
-                        await asyncio.sleep(max(0.0, exc.retry_after))
-                        continue
-                    except SinkRetry as exc:
-                        self.connected = False
-                        self.retries += 1
-                        delay = await self._backoff(str(exc), delay)
+                    page = await self._replay_page()
+                    if page is not None:
+                        await self._attempt(page)
                         continue
                 rows = await self.store.pending(consumer, self.settings.batch_max)
                 if not rows:
-                    self.state = "idle"
-                    self._wake.clear()
-                    try:
-                        async with asyncio.timeout(self.settings.idle_wait):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
+                    await self._idle()
                     continue
                 self.state = "sending"
-                cursor = self.store.cursor(consumer)
                 seq = self.store.consumer_seq(consumer) + 1
                 shown = [r for r in rows if not self._private(r)]
-                batch = OutboxBatch(self.name, seq, cursor, rows[-1].id, shown)
-                try:
-                    if shown:
-                        await self.sender.send(batch)
-                except SinkThrottle as exc:
-                    self.throttled += 1
-                    self.last_error = str(exc)
-                    self.state = "throttled"
-                    log.warning(
-                        "uplink throttled by the far side",
-                        extra={"uplink": self.name, "retry_after": exc.retry_after},
-                    )
-                    await asyncio.sleep(max(0.0, exc.retry_after))
-                    continue
-                except SinkRetry as exc:
-                    self.connected = False
-                    self.retries += 1
-                    delay = await self._backoff(str(exc), delay)
-                    continue
+                batch = OutboxBatch(self.name, seq, self.store.cursor(consumer), rows[-1].id, shown)
+                if shown and not await self._attempt(batch):
+                    continue  # the same rows go again, with the same seq
                 await self.store.ack(consumer, batch.last_id, seq)
                 now = time.time()
                 self.sent += len(shown)
@@ -185,6 +155,40 @@ class UplinkRunner:
         finally:
             self.state = "stopped"
             self.connected = False
+
+    async def _attempt(self, batch: OutboxBatch) -> bool:
+        """Send one batch (regular or replay page). On SinkThrottle wait what the far side
+        asked; on SinkRetry drop the connection and back off. True when it was confirmed."""
+        try:
+            await self.sender.send(batch)
+        except SinkThrottle as exc:
+            self.throttled += 1
+            self.last_error = str(exc)
+            self.state = "throttled"
+            log.warning(
+                "uplink throttled by the far side",
+                extra={"uplink": self.name, "retry_after": exc.retry_after},
+            )
+            await asyncio.sleep(max(0.0, exc.retry_after))
+            return False
+        except SinkRetry as exc:
+            self.connected = False
+            self.retries += 1
+            await self._retry_wait(str(exc))
+            return False
+        if batch.replay:
+            self._replays[0][2] = float(batch.last_id)
+            self.replayed += len(batch.readings)
+        return True
+
+    async def _idle(self) -> None:
+        self.state = "idle"
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(self.settings.idle_wait):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
 
     async def close(self) -> None:
         await self.sender.close()
@@ -198,37 +202,37 @@ class UplinkRunner:
         self.poke()
         return len(self._replays)
 
-    async def _replay_page(self) -> bool:
-        """Send the next page of the oldest queued replay; True when a page went out.
-        A failed send leaves the page to be tried again after the usual backoff."""
-        since, until, after = self._replays[0]
-        rows = await self.store.time_range(
-            since, until, after_id=int(after), limit=self.settings.batch_max
-        )
-        if not rows:
-            self._replays.popleft()
-            log.info("uplink replay finished", extra={"uplink": self.name, "since": since})
-            return False
-        shown = [r for r in rows if not self._private(r)]
-        batch = OutboxBatch(self.name, 0, rows[0].id - 1, rows[-1].id, shown, replay=True)
-        if shown:
-            await self.sender.send(batch)  # SinkRetry/SinkThrottle: handled by run()
-        self._replays[0][2] = float(rows[-1].id)
-        self.replayed += len(shown)
-        return True
+    async def _replay_page(self) -> OutboxBatch | None:
+        """The next page of the oldest queued replay, or None when that replay is done.
+        A page whose readings are all private only moves the replay on."""
+        while self._replays:
+            since, until, after = self._replays[0]
+            rows = await self.store.time_range(
+                since, until, after_id=int(after), limit=self.settings.batch_max
+            )
+            if not rows:
+                self._replays.popleft()
+                log.info("uplink replay finished", extra={"uplink": self.name, "since": since})
+                return None
+            shown = [r for r in rows if not self._private(r)]
+            if shown:
+                return OutboxBatch(self.name, 0, rows[0].id - 1, rows[-1].id, shown, replay=True)
+            self._replays[0][2] = float(rows[-1].id)
+        return None
 
-    async def _backoff(self, reason: str, delay: float) -> float:
+    async def _retry_wait(self, reason: str) -> None:
+        """Capped exponential backoff with jitter; logged once per distinct reason."""
         self.errors += 1
         first = self.last_error != reason
         self.last_error = reason
         self.state = "backing_off"
-        wait = delay * random.uniform(0.8, 1.2)
+        wait = self._delay * random.uniform(0.8, 1.2)
         (log.warning if first else log.debug)(
             "uplink unavailable, retrying",
             extra={"uplink": self.name, "error": reason, "retry_in_s": round(wait, 2)},
         )
         await asyncio.sleep(wait)
-        return min(delay * 2, self.settings.backoff_max)
+        self._delay = min(self._delay * 2, self.settings.backoff_max)
 
     def _sample_ingest(self, now: float) -> None:
         """Readings committed per second, over the last 1-5 s (sampled from the run loop, so
