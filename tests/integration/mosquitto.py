@@ -29,10 +29,8 @@ import getpass
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.server_process import ServerProcess
 
 MISSING = "mosquitto is not installed: run make test, which installs it"
 _SBIN = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
@@ -157,10 +156,10 @@ def make_tls(folder: Path, *, client_cn: str = "millrace-gateway") -> TlsFiles:
     return files
 
 
-class Mosquitto:
+class Mosquitto(ServerProcess):
     """One Mosquitto process with a generated config; see the module docstring."""
 
-    host = "127.0.0.1"
+    label = "mosquitto"
 
     def __init__(
         self,
@@ -181,7 +180,7 @@ class Mosquitto:
         self.users = dict(users or {})
         self.log_path = folder / "mosquitto.log"
         self.conf_path = folder / "mosquitto.conf"
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
         lines = [
             f"listener {self.port} {self.host}",
             f"allow_anonymous {'false' if self.users else 'true'}",
@@ -220,72 +219,25 @@ class Mosquitto:
             lines.append(extra_config)
         self.conf_path.write_text("\n".join(lines) + "\n")
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf_path)]
+
+    def ready(self) -> bool:
+        """Every listener accepts connections."""
+        for port in (p for p in (self.port, self.tls_port) if p is not None):
+            try:
+                with socket.create_connection((self.host, port), timeout=0.5):
+                    pass
+            except OSError:
+                return False
+        return True
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the broker and return once every listener accepts connections."""
-        if self.running:
-            return
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [self.binary, "-c", str(self.conf_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C in the terminal goes to pytest, not here
-            )
-        deadline = time.monotonic() + timeout
-        ports = [p for p in (self.port, self.tls_port) if p is not None]
-        while ports:
-            if self._proc.poll() is not None:
-                raise AssertionError(f"mosquitto exited ({self._proc.returncode}):\n{self.log()}")
-            try:
-                with socket.create_connection((self.host, ports[0]), timeout=0.5):
-                    ports.pop(0)
-                    continue
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"mosquitto did not listen in {timeout} s:\n{self.log()}")
-            time.sleep(0.02)
+        super().start(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: Mosquitto saves its persistence database and exits."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash. Whatever it had not saved is gone."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> Mosquitto:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop(timeout)
 
 
 MosquittoFactory = Callable[..., Mosquitto]

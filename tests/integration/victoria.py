@@ -40,9 +40,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -53,6 +50,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.server_process import ServerProcess
 
 MISSING = "victoria-metrics is not installed: run make test, which installs it"
 _FALLBACKS = ("/usr/bin/victoria-metrics", "/usr/local/bin/victoria-metrics")
@@ -81,10 +79,10 @@ class Series:
         object.__setattr__(self, "samples", list(zip(self.timestamps, self.values, strict=True)))
 
 
-class VictoriaMetrics:
+class VictoriaMetrics(ServerProcess):
     """One victoria-metrics process; see the module docstring."""
 
-    host = "127.0.0.1"
+    label = "victoria-metrics"
 
     def __init__(self, folder: Path, *, extra_flags: tuple[str, ...] = ()) -> None:
         self.binary = _binary()
@@ -103,66 +101,22 @@ class VictoriaMetrics:
             "-loggerLevel=INFO",
             *extra_flags,
         ]
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def command(self) -> list[str]:
+        return [self.binary, *self.flags]
 
-    def start(self, timeout: float = 15.0) -> None:
-        """Start the server and return once `/health` answers OK."""
-        if self.running:
-            return
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [self.binary, *self.flags],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C in the terminal goes to pytest, not here
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise AssertionError(
-                    f"victoria-metrics exited ({self._proc.returncode}):\n{self.log()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=0.5) as resp:
-                    if resp.status == 200 and resp.read().strip() == b"OK":
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"victoria-metrics not healthy in {timeout} s:\n{self.log()}")
-            time.sleep(0.02)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM: VictoriaMetrics flushes what it holds in memory to disk and exits."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
+    def ready(self) -> bool:
+        """`/health` answers OK."""
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash; rows not yet flushed from memory are lost."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+            with urllib.request.urlopen(f"{self.url}/health", timeout=0.5) as resp:
+                return resp.status == 200 and resp.read().strip() == b"OK"
+        except OSError:
+            return False
 
     def _call(self, path: str, data: bytes | None = None, timeout: float = 10.0) -> bytes:
         request = urllib.request.Request(f"{self.url}{path}", data=data)
@@ -190,19 +144,6 @@ class VictoriaMetrics:
             out.append(Series(name, labels, obj["values"], obj["timestamps"]))
         out.sort(key=lambda s: (s.name, sorted(s.labels.items())))
         return out
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> VictoriaMetrics:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 VictoriaFactory = Callable[..., VictoriaMetrics]
