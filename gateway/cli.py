@@ -22,6 +22,9 @@ from gateway.errors import ConfigError, MillraceError
 from gateway.logs import setup_logging
 
 EXIT_OK, EXIT_FAILURES, EXIT_CONFIG = 0, 1, 2
+#: `discover modbus --guess` reads a 32-bit pair this many times, this far apart: a byte
+#: order that fits every value of a live signal is rarely a coincidence.
+GUESS_SAMPLES, GUESS_INTERVAL = 4, 0.4
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -436,7 +439,7 @@ async def _discover_modbus(
     tables: list[Any],
     guesses: list[tuple[Any, int, float, float]],
 ) -> int:
-    from drivers.modbus.discover import ModbusScanner, order_candidates
+    from drivers.modbus.discover import ModbusScanner, consistent_candidates
 
     def progress(msg: str) -> None:
         print(f"  {msg}", file=sys.stderr, flush=True)
@@ -458,11 +461,16 @@ async def _discover_modbus(
             chosen = {}
             for table, address, low, high in guesses:
                 try:
-                    regs = await scanner.read_pair(unit, table, address)
+                    samples = []
+                    for k in range(GUESS_SAMPLES):
+                        if k:
+                            await asyncio.sleep(GUESS_INTERVAL)
+                        samples.append(await scanner.read_pair(unit, table, address))
                 except ValueError as exc:
                     print(f"  guess {table} {address}: {exc}")
                     continue
-                cands = order_candidates(regs, low, high)
+                regs = samples[-1]
+                cands = consistent_candidates(samples, low, high)
                 if not cands:
                     print(f"  guess {table} {address} {regs}: nothing lands in {low}..{high}")
                     continue

@@ -12,8 +12,8 @@ How it finds things, and why:
   (uint32/int32/float32 × ABCD/BADC/CDAB/DCBA) and keeping those inside the range the
   technician says is plausible; floats with a "reasonable" magnitude rank first.
 
-The pure parts (`merge_ranges`, `order_candidates`, `parse_units`, `starting_profile`) are
-tested without sockets.
+The pure parts (`merge_ranges`, `order_candidates`, `consistent_candidates`, `parse_units`,
+`starting_profile`) are tested without sockets.
 """
 
 from __future__ import annotations
@@ -110,6 +110,25 @@ def order_candidates(registers: Sequence[int], low: float, high: float) -> list[
                 rank = 10
             found.append((rank * 10 + rank_order, Candidate(dt, order, value)))
     return [c for _, c in sorted(found, key=lambda item: item[0])]
+
+
+def consistent_candidates(
+    samples: Sequence[Sequence[int]], low: float, high: float
+) -> list[Candidate]:
+    """Readings plausible in EVERY sample, ranked as `order_candidates` ranks the newest.
+
+    A wrong byte order can land in the plausible range by chance for one value (a swapped
+    mantissa byte read as an exponent); it almost never does for several values of a live
+    signal, so the guess reads the pair a few times and keeps what survives all of them.
+    """
+    if not samples:
+        raise ValueError("at least one sample is needed")
+    keep: set[tuple[DataType, Order]] | None = None
+    for regs in samples:
+        kinds = {(c.data_type, c.order) for c in order_candidates(regs, low, high)}
+        keep = kinds if keep is None else keep & kinds
+    newest = order_candidates(samples[-1], low, high)
+    return [c for c in newest if (c.data_type, c.order) in (keep or set())]
 
 
 def starting_profile(

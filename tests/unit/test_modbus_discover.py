@@ -10,6 +10,7 @@ from drivers.modbus.codec import DataType, Order
 from drivers.modbus.config import ModbusProfile, Table
 from drivers.modbus.discover import (
     UnitReport,
+    consistent_candidates,
     merge_ranges,
     order_candidates,
     parse_tcp_url,
@@ -59,3 +60,23 @@ def test_starting_profile_validates_and_uses_guesses() -> None:
     names = [p["name"] for p in profile["points"]]
     assert names == ["ir0", "ir2", "ir3", "c4"]
     assert ModbusProfile.model_validate(profile).points[0].order is Order.CDAB
+
+
+def test_a_byte_order_that_fits_one_value_by_chance_is_dropped_by_the_next_values() -> None:
+
+    def cdab(value: float) -> list[int]:
+        hi, lo = struct.unpack(">HH", struct.pack(">f", value))
+        return [lo, hi]  # word-swapped, as the simulated pump's flow_rate is
+
+    # find a flow value whose BADC reading also lands in 0..500 (a coincidence)
+    lucky = next(
+        v / 100
+        for v in range(100, 50_000)
+        if any(c.order == "BADC" for c in order_candidates(cdab(v / 100), 0, 500))
+    )
+    alone = order_candidates(cdab(lucky), 0, 500)
+    assert {c.order for c in alone} >= {"BADC", "CDAB"}
+    samples = [cdab(lucky), cdab(lucky + 0.37), cdab(lucky + 1.91)]
+    best = consistent_candidates(samples, 0, 500)[0]
+    assert (best.data_type, best.order) == ("float32", "CDAB")
+    assert best.value == pytest.approx(lucky + 1.91, rel=1e-6)
