@@ -146,6 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("-c", "--config", required=True, help="gateway YAML file")
     chk.set_defaults(func=cmd_check)
 
+    from gateway.equipment_cli import add_parser as add_equipment_parser
+
+    add_equipment_parser(sub)
+
     mdl = sub.add_parser("models", help="the ONNX models: list them, measure them")
     msub = mdl.add_subparsers(title="models commands", metavar="WHAT")
     ml = msub.add_parser("list", help="each model's version, task, checksum state and budget")
