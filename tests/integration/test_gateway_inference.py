@@ -61,8 +61,13 @@ async def test_failure_model_runs_on_live_opcua_values_and_is_stored(tmp_path: P
                 point = (await http.get("/points/mill1-pdm.failure_risk")).json()
                 assert point["reason"] == "model:pdm-failure@1.0.0"
                 assert point["quality"] == "good" and point["equipment"] == ["mill-1"]
-                hist = (await http.get("/points/mill1-pdm.failure_risk/history")).json()
-                assert hist["count"] >= 5
+
+                async def stored() -> bool:
+                    # results reach the store one commit linger after the call
+                    url = "/points/mill1-pdm.failure_risk/history"
+                    return (await http.get(url)).json()["count"] >= 5
+
+                await eventually(stored, timeout=10, what="five results stored")
 
                 metrics = (await http.get("/metrics")).text
                 assert 'millrace_model_up{model="mill1-pdm",state="ready"} 1' in metrics
