@@ -36,6 +36,7 @@ from gateway import __version__
 from gateway.bus import Bus
 from gateway.configload import LoadedConfig
 from gateway.errors import MillraceError, WriteRejected
+from gateway.httpserve import bind, embedded_server
 from gateway.inference.engine import InferenceEngine
 from gateway.latest import LatestCache
 from gateway.readings import Reading, Value
@@ -279,28 +280,14 @@ class Gateway:
     # -- API -----------------------------------------------------------------------------
 
     def _start_api(self, sock: socket.socket) -> None:
-        import uvicorn
-
         from gateway.api import create_app
 
-        class _EmbeddedServer(uvicorn.Server):
-            """uvicorn without its own signal handling: the gateway owns SIGINT/SIGTERM and
-            stops the API in its place in the shutdown order."""
-
-            @contextlib.contextmanager
-            def capture_signals(self):  # type: ignore[override]
-                yield
-
         tls = self.config.api.tls
-        cfg = uvicorn.Config(
+        server = embedded_server(
             create_app(self),
-            log_config=None,
-            lifespan="off",
-            access_log=False,
             ssl_certfile=tls.cert if tls else None,
             ssl_keyfile=tls.key if tls else None,
         )
-        server = _EmbeddedServer(cfg)
         self._api_server = server
 
         async def serve() -> None:
@@ -310,20 +297,10 @@ class Gateway:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
-    # listening socket says TCP; without it every keep-alive request waits ~40 ms for a
-    # delayed ACK between uvicorn's header and body writes.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        return bind(host, port)
     except OSError as exc:
-        sock.close()
-        raise MillraceError(f"api: cannot listen on {host}:{port} ({exc.strerror})") from exc
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
+        raise MillraceError(f"api: {exc.strerror}") from exc
 
 
 def _point_index(loaded: LoadedConfig, drivers: list[Driver]) -> dict[str, PointInfo]:

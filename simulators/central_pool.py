@@ -85,6 +85,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.httpserve import bind, embedded_server
 from simulators._cli import run_cli, serve_until_signal
 
 #: The contract this module implements.
@@ -1330,15 +1331,6 @@ class CentralPool:
         return await self.call(self.store.usage_records, booking_id)
 
     async def start(self) -> None:
-        import uvicorn
-
-        class _EmbeddedServer(uvicorn.Server):
-            """uvicorn without its own signal handling: whoever owns the loop stops it."""
-
-            @contextlib.contextmanager
-            def capture_signals(self):  # type: ignore[override]
-                yield
-
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-pool-db")
         try:
             await self.call(self.store.open)
@@ -1347,14 +1339,7 @@ class CentralPool:
         except BaseException:
             await self._close_store()
             raise
-        config = uvicorn.Config(
-            self.app,
-            log_config=None,
-            lifespan="off",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-        self._server = _EmbeddedServer(config)
+        self._server = embedded_server(self.app, timeout_graceful_shutdown=2)
         self._task = asyncio.create_task(
             self._server.serve(sockets=[self._sock]), name="central-pool-api"
         )
@@ -1397,20 +1382,10 @@ class CentralPool:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on sockets that say so, and
-    # without it uvicorn's separate header and body writes wait ~40 ms for a delayed ACK on
-    # every reused connection.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        return bind(host, port)
     except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port} ({exc.strerror})") from exc
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
+        raise OSError(f"central pool: {exc.strerror}") from exc
 
 
 # --------------------------------------------------------------------------------------------
