@@ -1363,62 +1363,50 @@ class Store:
         self._unsent_unlogged = 0
 
     def _retention(self) -> None:
-        """Delete readings older than history_retention that every consumer has, in chunks
-        so intake never waits long. Walks ids from the oldest and stops at the first chunk
-        with nothing old enough (ts_gateway grows with id, save for clock steps)."""
-        self._drop_too_old()
-        conn = self._db
-        cutoff = self._clock() - self.config.history_retention
+        """Age limits, in chunks so intake never waits long: readings every consumer has
+        leave after history_retention (trimmed, not a loss); with `max_unsent_age`, unsent
+        readings older than it are dropped (counted `too_old`), for sites where a reading is
+        worthless after a while. Off (None) by default: nothing unsent leaves by age."""
         sent = self._min_cursor()
-        first = conn.execute("SELECT id, ts_gateway FROM readings ORDER BY id LIMIT 1").fetchone()
+        now = self._clock()
+        self._delete_older(now - self.config.history_retention, sent, "trimmed")
+        max_age = self.config.max_unsent_age
+        if max_age is not None:
+            n = self._delete_older(now - max_age, self._last_id, "dropped.too_old", lo=sent + 1)
+            if n:
+                log.warning(
+                    "unsent readings older than max_unsent_age dropped",
+                    extra={"store_path": str(self.path), "readings": n},
+                )
+        self._measure(self._db)
+
+    def _delete_older(self, cutoff: float, hi: int, counter: str, *, lo: int = 0) -> int:
+        """Delete readings with lo <= id <= hi and ts_gateway < cutoff, counted under
+        `counter` in the same transaction. Walks ids from the oldest in the range and stops
+        at the first chunk with nothing old enough (ts_gateway grows with id, save for clock
+        steps). Returns how many went."""
+        conn = self._db
+        first = conn.execute(
+            "SELECT id, ts_gateway FROM readings WHERE id >= ? ORDER BY id LIMIT 1", (lo,)
+        ).fetchone()
         if first is None or first[1] >= cutoff:
-            return
-        lo = first[0]
-        while lo <= sent and not self._abort.is_set():
-            hi = min(sent, lo + _RETENTION_CHUNK - 1)
+            return 0
+        start, total = first[0], 0
+        while start <= hi and not self._abort.is_set():
+            end = min(hi, start + _RETENTION_CHUNK - 1)
             with self._txn():
                 n = conn.execute(
                     "DELETE FROM readings WHERE id BETWEEN ? AND ? AND ts_gateway < ?",
-                    (lo, hi, cutoff),
+                    (start, end, cutoff),
                 ).rowcount
                 if n:
-                    self._put_counters(conn, {"trimmed": n})
+                    self._put_counters(conn, {counter: n})
             if not n:
                 break
-            self._apply_counters({"trimmed": n}, n)
-            lo = hi + 1
-        self._measure(conn)
-
-    def _drop_too_old(self) -> None:
-        """With `max_unsent_age`, unsent readings older than it are dropped (counted
-        `too_old`): for a site where a reading is worthless after some time, the disk goes
-        to fresh data first. Off (None) by default: nothing unsent leaves by age."""
-        max_age = self.config.max_unsent_age
-        if max_age is None:
-            return
-        conn = self._db
-        cutoff = self._clock() - max_age
-        while not self._abort.is_set():
-            first = conn.execute(
-                "SELECT id, ts_gateway FROM readings ORDER BY id LIMIT 1"
-            ).fetchone()
-            if first is None or first[1] >= cutoff:
-                return
-            lo, hi = first[0], first[0] + _RETENTION_CHUNK - 1
-            with self._txn():
-                n = conn.execute(
-                    "DELETE FROM readings WHERE id BETWEEN ? AND ? AND ts_gateway < ?",
-                    (lo, hi, cutoff),
-                ).rowcount
-                if n:
-                    self._put_counters(conn, {"dropped.too_old": n})
-            if not n:
-                return
-            self._apply_counters({"dropped.too_old": n}, n)
-            log.warning(
-                "unsent readings older than max_unsent_age dropped",
-                extra={"store_path": str(self.path), "readings": n, "upto_id": hi},
-            )
+            self._apply_counters({counter: n}, n)
+            total += n
+            start = end + 1
+        return total
 
     def _write_counters(self) -> None:
         """Persist refusals counted by `submit` when no transaction carried them."""

@@ -638,3 +638,18 @@ async def test_unsent_readings_older_than_max_unsent_age_are_dropped_and_counted
     assert st.rows == 30 and st.trimmed == 0
     pending = await store.pending("down", 100)
     assert [r.id for r in pending] == list(range(51, 81))
+
+
+async def test_max_unsent_age_leaves_delivered_history_alone(make_store: MakeStore) -> None:
+    clock = FakeClock()
+    store = await make_store(max_unsent_age=3600, clock=clock)
+    store.register_consumer("up")
+    assert store.submit([Reading("dev.p", float(i), ts_gateway=clock() - 7200) for i in range(40)])
+    await store.flush()
+    await store.ack("up", 25)  # 25 delivered, 15 still unsent, all two hours old
+    await wait_until(lambda: store.stats().dropped["too_old"] == 15)
+    st = store.stats()
+    assert st.rows == 25 and st.trimmed == 0  # history of delivered readings is kept
+    assert [r.value for r in await store.history("dev.p", limit=100)] == [
+        float(i) for i in range(25)
+    ]
