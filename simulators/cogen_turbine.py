@@ -88,12 +88,10 @@ from typing import Any, Self
 
 from asyncua import Server, ua
 from asyncua.common.node import Node
-from asyncua.common.utils import Buffer
-from asyncua.ua.ua_binary import variant_from_binary, variant_to_binary
 
-from drivers.opcua.convert import to_value
 from gateway.readings import Value
 from simulators._cli import run_cli, serve_until_signal
+from simulators._opcua_nodes import Var, add_variable, gateway_value
 
 __all__ = [
     "DATASET",
@@ -125,7 +123,6 @@ DATASET = (
     / "cmapss"
     / "train_FD001.txt"
 )
-UNECE = "http://www.opcfoundation.org/UA/units/un/cefact"
 VT = ua.VariantType
 #: unit, cycle, 3 settings, 21 sensors (the dataset README).
 _COLUMNS = 26
@@ -311,25 +308,20 @@ class _Trajectories:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Var:
-    name: str
-    vtype: ua.VariantType
-    unit: str = ""
-    description: str = ""
+_Var = Var
 
 
 #: In write order: sensors first, Cycle last (see the module docstring).
 TURBINE_VARS: tuple[_Var, ...] = (
-    *(_Var(s.var, VT.Double, s.unit, f"{s.description} ({s.var}, C-MAPSS {s.column})")
+    *(_Var(s.var, VT.Double, s.unit, description=f"{s.description} ({s.var}, C-MAPSS {s.column})")
       for s in SENSORS),
     _Var("Setting1", VT.Double, description="Operating setting 1 (C-MAPSS setting 1)"),
     _Var("Setting2", VT.Double, description="Operating setting 2 (C-MAPSS setting 2)"),
     _Var("Setting3", VT.Double, description="Operating setting 3 (C-MAPSS setting 3)"),
     _Var("UnitId", VT.UInt32, description="C-MAPSS engine unit being replayed; changes at an "
          "overhaul (a fresh engine)"),
-    _Var("TrueRul", VT.Double, "cycles", "Ground truth for the demo: cycles left in this "
-         "trajectory (last cycle - current cycle)"),
+    _Var("TrueRul", VT.Double, "cycles", description="Ground truth for the demo: cycles left "
+         "in this trajectory (last cycle - current cycle)"),
     _Var("Cycle", VT.UInt32, description="Cycle number of the values above (written last)"),
 )  # fmt: skip
 
@@ -420,11 +412,7 @@ def start_index(length: int, start_fraction: float, min_cycles: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _gateway_value(vtype: ua.VariantType, value: Any) -> Value:
-    """What a gateway reading of this value looks like: encoded and decoded as on the wire,
-    then converted like the OPC UA driver does."""
-    received = variant_from_binary(Buffer(variant_to_binary(ua.Variant(value, vtype))))
-    return to_value(received.Value, received.VariantType)
+_gateway_value = gateway_value
 
 
 class CogenTurbinePlant:
@@ -626,29 +614,7 @@ class CogenTurbinePlant:
                 await self._add(obj, idx, name, var, values[var.name])
 
     async def _add(self, parent: Node, idx: int, owner: str, var: _Var, value: Any) -> None:
-        nodeid = ua.NodeId(f"{owner}.{var.name}", idx)
-        node = await parent.add_variable(
-            nodeid, ua.QualifiedName(var.name, idx), ua.Variant(value, var.vtype)
-        )
-        if var.description:
-            await node.write_attribute(
-                ua.AttributeIds.Description,
-                ua.DataValue(ua.Variant(ua.LocalizedText(var.description))),
-            )
-        if var.unit:
-            eu = ua.EUInformation(
-                NamespaceUri=UNECE,
-                UnitId=-1,
-                DisplayName=ua.LocalizedText(var.unit),
-                Description=ua.LocalizedText(var.unit),
-            )
-            await node.add_property(
-                ua.NodeId(f"{owner}.{var.name}.EngineeringUnits", idx),
-                ua.QualifiedName("EngineeringUnits", 0),
-                ua.Variant(eu, VT.ExtensionObject),
-                datatype=ua.NodeId(ua.ObjectIds.EUInformation),
-            )
-        self._nodes[(owner, var.name)] = nodeid
+        self._nodes[(owner, var.name)] = await add_variable(parent, idx, owner, var, value)
 
     def _cycle_writes(self, now: dt.datetime) -> list[tuple[ua.NodeId, ua.DataValue]]:
         """Every value of this cycle, computed before anything is written."""

@@ -93,17 +93,16 @@ from typing import Any, Self
 from asyncua import Server, ua
 from asyncua.common.manage_nodes import delete_nodes
 from asyncua.common.node import Node
-from asyncua.common.utils import Buffer, ServiceError
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.user_managers import UserManager
-from asyncua.ua.ua_binary import variant_from_binary, variant_to_binary
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from drivers.opcua import certs
-from drivers.opcua.convert import to_value
 from gateway.readings import Value
 from simulators._cli import run_cli, serve_until_signal
+from simulators._opcua_nodes import Var, add_variable, gateway_value
 
 __all__ = [
     "DATASET",
@@ -132,7 +131,6 @@ DATASET = (
 FAILURE_MODES = ("TWF", "HDF", "PWF", "OSF", "RNF")
 STATES = {0: "idle", 1: "running", 2: "fault"}
 RATED_POWER_W = 9000.0  # AI4I: power failure above 9 kW
-UNECE = "http://www.opcfoundation.org/UA/units/un/cefact"
 VT = ua.VariantType
 
 
@@ -247,14 +245,7 @@ class _RowSource:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Var:
-    name: str
-    vtype: ua.VariantType
-    unit: str = ""
-    eu_range: tuple[float, float] | None = None
-    writable: bool = False
-    description: str = ""
+_Var = Var  # the shared declaration (simulators._opcua_nodes)
 
 
 MACHINE_VARS: tuple[_Var, ...] = (
@@ -391,11 +382,7 @@ class _Users(UserManager):
         return None
 
 
-def _gateway_value(vtype: ua.VariantType, value: Any) -> Value:
-    """What a gateway reading of this value looks like (for `current_values`): encoded and
-    decoded as on the wire (a Float is float32), then converted like the driver does."""
-    received = variant_from_binary(Buffer(variant_to_binary(ua.Variant(value, vtype))))
-    return to_value(received.Value, received.VariantType)
+_gateway_value = gateway_value
 
 
 class OpcuaMachineLine:
@@ -716,36 +703,7 @@ class OpcuaMachineLine:
         *,
         props: bool = True,
     ) -> None:
-        variant = ua.Variant(value, var.vtype)
-        node = await parent.add_variable(nodeid, ua.QualifiedName(var.name, idx), variant)
-        if var.writable:
-            await node.set_writable()
-        if props and var.description:
-            await node.write_attribute(
-                ua.AttributeIds.Description,
-                ua.DataValue(ua.Variant(ua.LocalizedText(var.description))),
-            )
-        if props and var.unit:
-            eu = ua.EUInformation(
-                NamespaceUri=UNECE,
-                UnitId=-1,
-                DisplayName=ua.LocalizedText(var.unit),
-                Description=ua.LocalizedText(var.unit),
-            )
-            await node.add_property(
-                ua.NodeId(f"{owner}.{var.name}.EngineeringUnits", idx),
-                ua.QualifiedName("EngineeringUnits", 0),
-                ua.Variant(eu, VT.ExtensionObject),
-                datatype=ua.NodeId(ua.ObjectIds.EUInformation),
-            )
-        if props and var.eu_range is not None:
-            rng = ua.Range(Low=float(var.eu_range[0]), High=float(var.eu_range[1]))
-            await node.add_property(
-                ua.NodeId(f"{owner}.{var.name}.EURange", idx),
-                ua.QualifiedName("EURange", 0),
-                ua.Variant(rng, VT.ExtensionObject),
-                datatype=ua.NodeId(ua.ObjectIds.Range),
-            )
+        await add_variable(parent, idx, owner, var, value, nodeid=nodeid, props=props)
         self._nodes[(owner, var.name)] = nodeid
         self._vtypes[(owner, var.name)] = var.vtype
 
