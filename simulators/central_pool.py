@@ -74,7 +74,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
 from typing import Annotated, Any, Literal, Self
 
 from fastapi import Depends, FastAPI, Request
@@ -87,6 +86,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.httpserve import bind, embedded_server
 from simulators._cli import run_cli, serve_until_signal
+from simulators._service import Service
 
 #: The contract this module implements.
 CONTRACT = Path(__file__).resolve().parents[1] / "sync" / "pool_api.yaml"
@@ -1264,7 +1264,7 @@ def create_app(pool: CentralPool) -> FastAPI:
 # --------------------------------------------------------------------------------------------
 
 
-class CentralPool:
+class CentralPool(Service):
     """The reference pool on `host:port` (0 = any free port) as an async context manager.
 
     `tokens`: {token: TokenInfo or {"org", "role", "site"?}}. `db_path`: an SQLite file (kept
@@ -1367,18 +1367,6 @@ class CentralPool:
                 await self.call(self.store.close)
             self._executor.shutdown(wait=True)
             self._executor = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -83,8 +83,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from asyncua import Server, ua
 from asyncua.common.node import Node
@@ -92,6 +91,7 @@ from asyncua.common.node import Node
 from gateway.readings import Value
 from simulators._cli import run_cli, serve_until_signal
 from simulators._opcua_nodes import Var, add_variable, gateway_value
+from simulators._service import Service
 
 __all__ = [
     "DATASET",
@@ -415,7 +415,7 @@ def start_index(length: int, start_fraction: float, min_cycles: int) -> int:
 _gateway_value = gateway_value
 
 
-class CogenTurbinePlant:
+class CogenTurbinePlant(Service):
     """Cogeneration turbines behind one asyncua server. See the module docstring."""
 
     def __init__(
@@ -560,18 +560,6 @@ class CogenTurbinePlant:
 
     async def close(self) -> None:
         await self.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- values -----------------------------------------------------------------------------
 

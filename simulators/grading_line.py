@@ -75,14 +75,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image, ImageDraw, ImageFilter
 
 from simulators._cli import run_cli, stop_event
+from simulators._service import Service
 
 __all__ = [
     "FRUIT_DATASET",
@@ -311,7 +311,7 @@ class _Link:
     error: str | None = None
 
 
-class GradingLine:
+class GradingLine(Service):
     """The two stations and their one MQTT client; an async context manager (see module
     docstring). Rates of 0 turn a station's own loop off; `publish_*` still work."""
 
@@ -465,18 +465,6 @@ class GradingLine:
             self.unacknowledged,
             extra={"line": self.line, "published": dict(self.published)},
         )
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def connected(self) -> bool:

@@ -67,7 +67,6 @@ from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import yaml
@@ -94,6 +93,7 @@ from drivers.modbus.codec import (
 from drivers.modbus.config import ModbusPoint, ModbusProfile, Table
 from gateway.readings import Value
 from simulators._cli import run_cli, serve_until_signal
+from simulators._service import Service
 from simulators.signals import Clock, GenericModel, SignalModel, model_for, unit_seed
 
 __all__ = [
@@ -784,7 +784,7 @@ class _Serial:
     bytesize: int
 
 
-class ModbusPlant:
+class ModbusPlant(Service):
     """Simulated units behind one Modbus server (TCP or RTU), with fault injection.
 
     Build it with `ModbusPlant.tcp(...)` or `ModbusPlant.rtu(...)` and use it as an async
@@ -924,18 +924,6 @@ class ModbusPlant:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0)  # let transports run their connection_lost callbacks
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- faults and knobs -------------------------------------------------------------------
 

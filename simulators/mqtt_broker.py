@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 
 from simulators._cli import run_cli, serve_until_signal
+from simulators._service import Service
 
 log = logging.getLogger("millrace.sim.broker")
 
@@ -72,7 +73,7 @@ class _Client:
         return self.next_id
 
 
-class MiniBroker:
+class MiniBroker(Service):
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host, self.port = host, port
         self._server: asyncio.base_events.Server | None = None
@@ -100,13 +101,6 @@ class MiniBroker:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-
-    async def __aenter__(self) -> MiniBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -52,8 +52,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -61,6 +60,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from simulators._cli import run_cli, stop_event
+from simulators._service import Service
 
 __all__ = [
     "FIELDS",
@@ -358,7 +358,7 @@ class _Link:
     error: str | None = None
 
 
-class MqttFarm:
+class MqttFarm(Service):
     """The fleet and its one MQTT client; an async context manager (see module docstring)."""
 
     def __init__(
@@ -477,18 +477,6 @@ class MqttFarm:
                 await self.drain(timeout=drain)
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def connected(self) -> bool:

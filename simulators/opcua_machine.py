@@ -87,8 +87,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from asyncua import Server, ua
 from asyncua.common.manage_nodes import delete_nodes
@@ -103,6 +102,7 @@ from drivers.opcua import certs
 from gateway.readings import Value
 from simulators._cli import run_cli, serve_until_signal
 from simulators._opcua_nodes import Var, add_variable, gateway_value
+from simulators._service import Service
 
 __all__ = [
     "DATASET",
@@ -385,7 +385,7 @@ class _Users(UserManager):
 _gateway_value = gateway_value
 
 
-class OpcuaMachineLine:
+class OpcuaMachineLine(Service):
     """CNC mills and a line controller behind one asyncua server. See the module docstring."""
 
     def __init__(
@@ -540,18 +540,6 @@ class OpcuaMachineLine:
         if self._own_cert_dir and self.cert_dir is not None:
             shutil.rmtree(self.cert_dir, ignore_errors=True)
             self.cert_dir = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- values -----------------------------------------------------------------------------
 
