@@ -4,7 +4,6 @@ operation and status (`sync/pool_api.yaml`)."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -19,15 +18,15 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-import yaml
 from jsonschema import Draft202012Validator
 
 from simulators.central_pool import LIVENESS_TIMEOUT, CentralPool
 from simulators.signals import ManualClock
+from tests import pool_contract
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTRACT = yaml.safe_load((ROOT / "sync" / "pool_api.yaml").read_text(encoding="utf-8"))
+CONTRACT = pool_contract.document()
 
 CANE, FRUIT, OTHER = "Demo Cane Cooperative", "Demo Fruit Cooperative", "Other Farm Co"
 TOKENS = {
@@ -56,9 +55,8 @@ def span(start: datetime, hours: float) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-@functools.cache
 def response_validator(ref: str) -> Draft202012Validator:
-    return Draft202012Validator({"components": CONTRACT["components"], "$ref": ref})
+    return pool_contract.validator(ref)
 
 
 class Pool:

@@ -3,21 +3,17 @@ blackout days, bookings that touch or split windows, the minimum booking, the RU
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import jsonschema
 import pytest
-import yaml
 
 from gateway.equipment.availability import Level, availability, horizon_end, policy_windows
 from gateway.equipment.health import NO_MODELS, HealthView
 from gateway.equipment.model import Machine, Status, parse_machine
+from tests import pool_contract
 
-CONTRACT = Path(__file__).resolve().parents[2] / "sync" / "pool_api.yaml"
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")  # UTC+7, no DST
 IDLE = (Status.IDLE, "online, no status rule holds")
 
@@ -287,20 +283,8 @@ def test_fingerprint_ignores_time_passing_inside_a_window() -> None:
     assert working.fingerprint() != a.fingerprint()
 
 
-@functools.cache
-def _validator(name: str) -> jsonschema.Draft202012Validator | None:
-    if not CONTRACT.exists():
-        return None
-    spec = yaml.safe_load(CONTRACT.read_text())
-    schema = {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
-    return jsonschema.Draft202012Validator(schema)
-
-
-def contract_validator(name: str) -> jsonschema.Draft202012Validator:
-    validator = _validator(name)
-    if validator is None:
-        pytest.skip("sync/pool_api.yaml is not there")
-    return validator
+def contract_validator(name: str) -> Any:
+    return pool_contract.validator(name)
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,9 @@ from __future__ import annotations
 import functools
 import json
 import re
-from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,30 +23,14 @@ from gateway.equipment.disclose import (
     restricted_view,
 )
 from gateway.equipment.model import Machine, MachineType, parse_machine
+from tests import pool_contract
 
-CONTRACT = Path(__file__).resolve().parents[2] / "sync" / "pool_api.yaml"
 SECRET = b"k" * 32
 
 
 @functools.cache
-def _contract() -> dict[str, Any] | None:
-    return yaml.safe_load(CONTRACT.read_text()) if CONTRACT.exists() else None
-
-
-@functools.cache
-def _validator(name: str) -> jsonschema.Draft202012Validator | None:
-    spec = _contract()
-    if spec is None:
-        return None
-    schema = {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
-    return jsonschema.Draft202012Validator(schema)
-
-
-def contract_validator(name: str) -> jsonschema.Draft202012Validator:
-    validator = _validator(name)
-    if validator is None:
-        pytest.skip("sync/pool_api.yaml is not there")
-    return validator
+def contract_validator(name: str) -> Any:
+    return pool_contract.validator(name)
 
 
 # Free text that may be public is lower case; what must never be public is upper case and at

@@ -4,16 +4,13 @@ edit, removal and reordering; the log on disk is append-only and delivers each r
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-import yaml
 
 from gateway.equipment.errors import EquipmentError
 from gateway.equipment.metering import (
@@ -28,8 +25,8 @@ from gateway.equipment.metering import (
     verify_chain,
 )
 from gateway.equipment.model import MachineType, MeterSpec, Quantity, parse_machine
+from tests import pool_contract
 
-CONTRACT = Path(__file__).resolve().parents[2] / "sync" / "pool_api.yaml"
 T0 = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
 
 
@@ -305,17 +302,5 @@ async def test_a_closed_log_says_so(tmp_path: Path) -> None:
         await log.pending("pool")
 
 
-@functools.cache
-def _validator(name: str) -> jsonschema.Draft202012Validator | None:
-    if not CONTRACT.exists():
-        return None
-    spec = yaml.safe_load(CONTRACT.read_text())
-    schema = {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
-    return jsonschema.Draft202012Validator(schema)
-
-
-def contract_validator(name: str) -> jsonschema.Draft202012Validator:
-    validator = _validator(name)
-    if validator is None:
-        pytest.skip("sync/pool_api.yaml is not there")
-    return validator
+def contract_validator(name: str) -> Any:
+    return pool_contract.validator(name)

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 from typing import Any, get_args
 
 import pytest
-import yaml
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 from starlette.routing import Route
 
 from simulators import central_pool as cp
+from tests import pool_contract
 
-DOC: dict[str, Any] = yaml.safe_load(cp.CONTRACT.read_text(encoding="utf-8"))
+DOC: dict[str, Any] = pool_contract.document()
 SCHEMAS: dict[str, Any] = DOC["components"]["schemas"]
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 
@@ -43,9 +43,7 @@ REQUEST_MODELS: dict[str, type[BaseModel]] = {
 
 def validator(name: str) -> Draft202012Validator:
     """A validator for one component schema, its `$ref`s resolved inside the document."""
-    return Draft202012Validator(
-        {"components": DOC["components"], "$ref": f"#/components/schemas/{name}"}
-    )
+    return pool_contract.validator(name)
 
 
 def resolve(ref: str) -> Any:
