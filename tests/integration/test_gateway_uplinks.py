@@ -9,17 +9,13 @@ must hold, and duplicates may only be re-sends of batches that were in flight.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.runtime import Gateway
 from simulators.mqtt_farm import MqttFarm
@@ -27,6 +23,7 @@ from tests.integration import mosquitto as _broker
 from tests.integration import victoria as _victoria
 from tests.integration.gwutil import eventually, plant_config
 from tests.integration.mosquitto import Mosquitto, MosquittoFactory
+from tests.integration.platform import PlatformSubscriber
 from tests.integration.victoria import VictoriaFactory
 
 mosquitto_factory = _broker.mosquitto_factory
@@ -35,47 +32,6 @@ victoria_factory = _victoria.victoria_factory
 OUTAGE_S = float(os.environ.get("MILLRACE_OUTAGE_S", "60"))
 MACHINES = [f"tractor-{i:02d}" for i in range(60)]  # ~16 readings each per second
 USERS = {"gw-01": "uplink-pass", "platform": "reader-pass"}
-
-
-class CentralSubscriber:
-    """The platform's side: a persistent QoS 1 session on the central broker, so messages
-    published while it reconnects after the outage are queued for it, not lost."""
-
-    def __init__(self, broker: Mosquitto) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id="platform-reader", clean_session=False
-        )
-        c.username_pw_set("platform", USERS["platform"])
-        tls = broker.tls
-        assert tls is not None
-        c.tls_set(ca_certs=str(tls.ca), certfile=str(tls.client_cert), keyfile=str(tls.client_key))
-        c.reconnect_delay_set(0.2, 1)
-        c.on_connect = lambda cl, *_: (cl.subscribe("millrace/#", qos=1), self._ready.set())
-        c.on_message = self._on_message
-        c.connect(broker.host, broker.tls_port, keepalive=10)
-        c.loop_start()
-        self.client = c
-        assert self._ready.wait(10), "subscriber did not connect"
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, msg.payload))
-
-    def readings(self) -> list[dict[str, Any]]:
-        with self._lock:
-            msgs = list(self.messages)
-        out = []
-        for topic, payload in msgs:
-            if topic.endswith(("/telemetry", "/events")):
-                out += json.loads(payload)["readings"]
-        return out
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _config(tmp_path: Path, intake: Mosquitto, central: Mosquitto, vm_url: str) -> Any:
@@ -148,7 +104,7 @@ async def test_a_far_side_down_for_a_minute_loses_nothing_and_the_other_keeps_fl
     intake = mosquitto_factory()
     central = mosquitto_factory(users=USERS, tls=True, require_certificate=True)
     vm = victoria_factory()
-    sub = CentralSubscriber(central)
+    sub = PlatformSubscriber(central, username="platform", password=USERS["platform"], tls=True)
     loaded = _config(tmp_path, intake, central, vm.url)
     farm = MqttFarm("127.0.0.1", intake.port, machines=MACHINES, interval=1.0)
     far: Any = central if down == "central" else vm

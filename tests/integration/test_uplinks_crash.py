@@ -15,13 +15,11 @@ read back from disk, and a platform-side subscriber holding a persistent QoS 1 s
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -29,9 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.api import iso
 from gateway.runtime import Gateway
@@ -40,6 +36,7 @@ from tests.conftest import free_port
 from tests.integration import mosquitto as _broker
 from tests.integration.gwutil import eventually, plant_config
 from tests.integration.mosquitto import Mosquitto, MosquittoFactory
+from tests.integration.platform import PlatformSubscriber
 
 mosquitto_factory = _broker.mosquitto_factory
 
@@ -50,49 +47,6 @@ KILLS = 3
 
 
 # -- the platform's side ------------------------------------------------------------------------
-
-
-class Subscriber:
-    """A persistent QoS 1 session (fixed client id, clean_session false) on the central broker
-    collecting every message under `millrace/#`, in arrival order."""
-
-    def __init__(self, broker: Mosquitto, client_id: str) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-        c.reconnect_delay_set(0.2, 1)
-        c.on_connect = lambda cl, *_: cl.subscribe("millrace/#", qos=1)
-        c.on_subscribe = lambda *_: self._subscribed.set()
-        c.on_message = self._on_message
-        c.connect(broker.host, broker.port, keepalive=10)
-        c.loop_start()
-        self.client = c
-        if not self._subscribed.wait(10):
-            self.close()
-            raise AssertionError("the platform subscriber got no SUBACK from the central broker")
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, msg.payload))
-
-    def batches(self) -> list[dict[str, Any]]:
-        """Telemetry and events payloads, decoded, in arrival order."""
-        with self._lock:
-            msgs = list(self.messages)
-        return [
-            json.loads(payload)
-            for topic, payload in msgs
-            if topic.endswith(("/telemetry", "/events"))
-        ]
-
-    def raw(self) -> list[tuple[str, bytes]]:
-        with self._lock:
-            return list(self.messages)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _first_arrivals(
@@ -288,7 +242,7 @@ async def test_kill_9_mid_flight_then_restart_loses_nothing(
     gw = GatewayProcess(cfg, tmp_path / "gateway.log", f"http://127.0.0.1:{api_port}")
     # 30 machines every 0.5 s: ~60 messages, ~900 readings per second.
     farm = MqttFarm("127.0.0.1", intake.port, machines=30, interval=0.5, client_id="farm-crash")
-    sub = Subscriber(central, "platform-crash-test")
+    sub = PlatformSubscriber(central, client_id="platform-crash-test")
     kills: list[dict[str, Any]] = []
     try:
         async with httpx.AsyncClient() as api:
@@ -429,7 +383,7 @@ async def test_replay_resends_a_time_range_marked_as_replay(
         uplinks=[_central(central)],
         outbox={"batch_max": BATCH_MAX, "backoff_initial": 0.2, "backoff_max": 1},
     )
-    sub = Subscriber(central, "platform-replay-test")
+    sub = PlatformSubscriber(central, client_id="platform-replay-test")
     farm = MqttFarm("127.0.0.1", intake.port, machines=machines, interval=0.1)
     try:
         async with Gateway(loaded) as gw, httpx.AsyncClient(base_url=gw.api_url) as api:
@@ -515,7 +469,7 @@ async def test_private_points_never_leave(
         equipment=[{"id": m, "type": "tractor", "device": "coop-broker"} for m in machines],
         uplinks=[_central(central)],
     )
-    sub = Subscriber(central, "platform-private-test")
+    sub = PlatformSubscriber(central, client_id="platform-private-test")
     farm = MqttFarm("127.0.0.1", intake.port, machines=machines, interval=0.1)
     try:
         async with Gateway(loaded) as gw, httpx.AsyncClient(base_url=gw.api_url) as api:
