@@ -38,6 +38,7 @@ from gateway.errors import ModelError
 from gateway.inference.config import BUILTIN_MODELS
 from gateway.inference.engine import InferenceEngine, Job
 from gateway.inference.manifest import LoadedManifest, load_manifest
+from gateway.sysinfo import cpu_model
 
 Progress = Callable[[str], None]
 
@@ -279,14 +280,7 @@ def _time(fn: Callable[[], Any], n: int) -> dict[str, float]:
 def machine() -> dict[str, Any]:
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),

@@ -39,6 +39,8 @@ from typing import Any
 import psutil
 import yaml
 
+from gateway.sysinfo import cpu_model
+
 HERE = Path(__file__).parent
 WARMUP = float(os.environ.get("BENCH_WARMUP", "10"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "30"))
@@ -455,14 +457,7 @@ def models_table(results: list[dict[str, Any]]) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem = psutil.virtual_memory().total / 1024**3
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
