@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from drivers.mqtt.config import MqttTls
+from drivers.mqtt.config import MqttConnection
 from gateway.types import ByteSize, Duration, Name
 
 DEFAULT_BATCH_MAX_BYTES = 256 * 1024
@@ -37,7 +37,7 @@ MAX_BATCH_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_MEASUREMENT = "millrace"
 
 
-class MqttUplinkConfig(BaseModel):
+class MqttUplinkConfig(MqttConnection):
     """One MQTT uplink: the central broker, who we are there, and how batches are sent.
 
     `port` defaults to 8883 when `tls` is given, else 1883. `client_id` defaults to
@@ -47,21 +47,9 @@ class MqttUplinkConfig(BaseModel):
     minimum. Relative certificate paths are relative to the config file.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     type: Literal["mqtt"]
     name: Name
-    host: str = Field(min_length=1)
-    #: 1883, or 8883 when `tls` is set (filled in by validation when left out).
-    port: int = Field(default=1883, ge=1, le=65535)
-    mqtt_version: Literal["3.1.1", "5"] = "5"
-    client_id: str | None = Field(default=None, min_length=1, max_length=128)
-    username: str | None = Field(default=None, min_length=1)
-    password: SecretStr | None = None
-    tls: MqttTls | None = None
-    keepalive: Duration = 30.0
-    #: MQTT 5: how long the broker keeps our session while we are away.
-    session_expiry: Duration = 86400.0
+    #: (`port`: 1883, or 8883 when `tls` is set; filled in by validation when left out.)
     #: First topic level(s): `millrace`, or `acme/millrace`. No wildcards, no leading `$`.
     topic_prefix: str = "millrace"
     #: Messages published and awaiting their PUBACK at once.

@@ -231,18 +231,10 @@ class MqttItemTopic(_Strict):
         return TopicTemplate(self.topic, kind="item")
 
 
-class MqttDevice(_Strict):
-    """One broker connection: where the broker is, who we are, what we subscribe to.
+class MqttConnection(_Strict):
+    """Where a broker is and who we are there: shared by the devices the gateway subscribes
+    through and the MQTT uplink it publishes through (`sync.config.MqttUplinkConfig`)."""
 
-    `id` names the connection (and, by default, the persistent session's client id); the
-    equipment behind it are named by the topics.
-    """
-
-    id: Name
-    protocol: Literal["mqtt"]
-    profile: Name
-    enabled: bool = True
-    description: str = ""
     host: str = Field(min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
     mqtt_version: Literal["3.1.1", "5"] = "5"
@@ -256,6 +248,20 @@ class MqttDevice(_Strict):
     #: MQTT 5: how long the broker keeps our session (subscriptions, queued messages) while
     #: we are disconnected. MQTT 3.1.1 sessions last until the broker's own expiry.
     session_expiry: Duration = 86400.0
+
+
+class MqttDevice(MqttConnection):
+    """One broker connection: where the broker is, who we are, what we subscribe to.
+
+    `id` names the connection (and, by default, the persistent session's client id); the
+    equipment behind it are named by the topics.
+    """
+
+    id: Name
+    protocol: Literal["mqtt"]
+    profile: Name
+    enabled: bool = True
+    description: str = ""
     qos: Literal[0, 1, 2] = 1
     #: Telemetry topic templates. May be empty (or left out) when `items` has one or more.
     topics: list[str] = Field(default_factory=list, max_length=32)
