@@ -306,16 +306,8 @@ class DemandIn(_Body):
     min_health: Annotated[float, Field(ge=0, le=1)] | None = None
 
 
-class BookingIn(_Body):
+class BookingIn(TimeWindowIn):
     machine_id: Id
-    start: AwareDatetime
-    end: AwareDatetime
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if self.end <= self.start:
-            raise ValueError("end must be after start")
-        return self
 
 
 class UsageRecordIn(_Body):
