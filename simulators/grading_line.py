@@ -81,6 +81,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image, ImageDraw, ImageFilter
 
+from simulators._acks import PubackTracker
 from simulators._cli import run_cli, stop_event
 from simulators._service import Service
 
@@ -357,11 +358,7 @@ class GradingLine(Service):
         self.last_fruit: dict[str, Any] | None = None
         self.last_image: tuple[str, ImageItem] | None = None
         self._seq = 0
-        # QoS 1 message ids sent and not acknowledged yet (as in mqtt_farm: on_publish can
-        # arrive before publish() returned, hence the early set).
-        self._acks = threading.Lock()
-        self._unacked: set[int] = set()
-        self._acked_early: set[int] = set()
+        self._pubacks = PubackTracker()
         self._tasks: list[asyncio.Task[None]] = []
         self._link = _Link()
         v5 = mqtt_version == "5"
@@ -511,16 +508,11 @@ class GradingLine(Service):
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until the broker acknowledged every QoS 1 message sent so far."""
-        deadline = time.monotonic() + timeout
-        while self.unacknowledged:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.unacknowledged} messages not acknowledged")
-            await asyncio.sleep(0.01)
+        await self._pubacks.drain(timeout)
 
     @property
     def unacknowledged(self) -> int:
-        with self._acks:
-            return len(self._unacked)
+        return self._pubacks.unacknowledged
 
     def _next_id(self) -> str:
         self._seq += 1
@@ -534,11 +526,7 @@ class GradingLine(Service):
     def _send(self, topic: str, payload: bytes) -> None:
         info = self._client.publish(topic, payload, qos=self.qos)
         if self.qos:
-            with self._acks:
-                if info.mid in self._acked_early:
-                    self._acked_early.discard(info.mid)
-                else:
-                    self._unacked.add(info.mid)
+            self._pubacks.sent(info.mid)
 
     async def _station(self, rate: float, publish: Callable[[], object]) -> None:
         loop = asyncio.get_running_loop()
@@ -567,11 +555,7 @@ class GradingLine(Service):
         self._link.error = str(reason)
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
-        with self._acks:
-            if mid in self._unacked:
-                self._unacked.discard(mid)
-            else:
-                self._acked_early.add(mid)
+        self._pubacks.acked(mid)
 
 
 def _fruit_rows(dataset: str | Path | None, seed: int) -> tuple[list[FruitRow], Path | None]:

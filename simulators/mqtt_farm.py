@@ -59,6 +59,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from simulators._acks import PubackTracker
 from simulators._cli import run_cli, stop_event
 from simulators._service import Service
 
@@ -403,9 +404,7 @@ class MqttFarm(Service):
         # QoS 1 message ids sent and not acknowledged yet. Tracked through on_publish, not
         # MQTTMessageInfo.is_published(): that raises forever for a message published while
         # disconnected, even after paho resent it and the broker acknowledged it.
-        self._acks = threading.Lock()
-        self._unacked: set[int] = set()
-        self._acked_early: set[int] = set()
+        self._pubacks = PubackTracker()
         self._task: asyncio.Task[None] | None = None
         self._paused = asyncio.Event()
         self._paused.set()  # set = publishing
@@ -517,17 +516,12 @@ class MqttFarm(Service):
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until the broker acknowledged every QoS 1 message sent so far."""
-        deadline = time.monotonic() + timeout
-        while self.unacknowledged:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.unacknowledged} messages not acknowledged")
-            await asyncio.sleep(0.01)
+        await self._pubacks.drain(timeout)
 
     @property
     def unacknowledged(self) -> int:
         """QoS 1 messages sent (or queued while disconnected) and not acknowledged yet."""
-        with self._acks:
-            return len(self._unacked)
+        return self._pubacks.unacknowledged
 
     def _publish_machine(self, machine: Machine, now: float) -> None:
         if self.malformed_rate and self._rng.random() < self.malformed_rate:
@@ -541,11 +535,7 @@ class MqttFarm(Service):
     def _send(self, topic: str, payload: bytes) -> None:
         info = self._client.publish(topic, payload, qos=self.qos)
         if self.qos:
-            with self._acks:
-                if info.mid in self._acked_early:  # the PUBACK beat us here
-                    self._acked_early.discard(info.mid)
-                else:
-                    self._unacked.add(info.mid)
+            self._pubacks.sent(info.mid)
 
     async def _publish_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -598,11 +588,7 @@ class MqttFarm(Service):
         self._link.error = str(reason)
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
-        with self._acks:
-            if mid in self._unacked:
-                self._unacked.discard(mid)
-            else:
-                self._acked_early.add(mid)
+        self._pubacks.acked(mid)
 
 
 # --------------------------------------------------------------------------------------------
