@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench lint fmt clean system-deps venv
+.PHONY: demo test fuzz bench lint fmt clean system-deps venv check-arm64 image
 
 $(VENV)/.created:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Millrace needs Python 3.11 or newer, found " + sys.version.split()[0]'
@@ -33,9 +33,22 @@ demo: $(VENV)/.runtime
 test: $(VENV)/.dev system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
+## fuzz: the hostile-input suite with 20x the CI examples (HYPOTHESIS_PROFILE=deep); counts in .hypothesis/fuzz-report.json
+fuzz: $(VENV)/.dev system-deps
+	HYPOTHESIS_PROFILE=deep FUZZ_REPORT=.hypothesis/fuzz-report.json $(PY) -m pytest -q -p no:cacheprovider \
+	  tests/fuzz tests/integration/test_hostile_api.py
+
 ## bench: gateway workloads (Modbus, OPC UA, MQTT, uplinks) and every model; prints tables (BENCH_ONLY=uplinks, BENCH_JSON=file)
 bench: $(VENV)/.dev
 	$(PY) -m tests.bench.run
+
+## check-arm64: every runtime dependency installs on linux/aarch64 with Python 3.11 (names the one that does not)
+check-arm64: $(VENV)/.created
+	$(PY) deploy/check_arm64.py --python-version 3.11
+
+## image: build the image with buildah on a debootstrap'd Debian bookworm base, run it, ask /health
+image:
+	bash deploy/image.sh
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -113,6 +113,9 @@ class PointSpec:
     data_class: DataClass = DataClass.PUBLIC
     writable: bool = False
     description: str = ""
+    #: Declared engineering range: writes outside it are refused before any I/O.
+    min: float | None = None
+    max: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

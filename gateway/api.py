@@ -1,23 +1,44 @@
-"""The local API (FastAPI). Views of health, devices, points, history, models, uplinks and
-metrics; the one action is an uplink replay (re-sending data that already left). It binds to
-127.0.0.1 unless the config says otherwise; token roles arrive with the security work
-(issue 8), and until then no endpoint can change anything on a device.
+"""The local API (FastAPI). Views of health, devices, points, history, models, uplinks,
+metrics and the audit log; actions: a device write and an uplink replay. It binds to
+127.0.0.1 unless the config says otherwise.
+
+Access (gateway.auth, docs/security.md): only `/health` (and the API's own description,
+`/docs` and `/openapi.json`, which hold no data of the box) answer without a bearer token.
+
+| endpoint | role |
+| --- | --- |
+| GET /devices, /points, /points/{id}, /points/{id}/history, /models, /uplinks, /metrics | viewer |
+| GET /dead-letters (raw payloads of any class) | technician |
+| POST /points/{id}/write, POST /uplinks/{name}/replay | technician |
+| GET /audit | admin |
+
+Restricted and private points are filtered by the caller's organisation and site
+(`AccessControl.can_see`). Writes (accepted, refused or failed), replays and history reads of
+non-public points are appended to the audit log naming the token used.
 
 Timestamps are ISO 8601 in UTC with milliseconds; `since`/`until` accept ISO 8601 or epoch
 seconds.
 """
 
+import asyncio
+import logging
+import math
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Body, FastAPI, HTTPException, Query
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from gateway import __version__
+from gateway.auth import Admin, Principal, Technician, Viewer
+from gateway.errors import DeviceError, MillraceError, TransportError, WriteRejected
 from gateway.metrics import render
 from gateway.readings import Quality, Value
+from gateway.types import DataClass
+
+log = logging.getLogger("millrace.api")
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -164,6 +185,72 @@ class HistoryOut(BaseModel):
     items: list[HistoryItem]
 
 
+class WriteIn(BaseModel):
+    """The engineering value to write (bool, number or text as the point's type needs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: bool | int | float | str
+
+
+class WriteOut(BaseModel):
+    point: str
+    value: Value
+    written: bool
+    audit_seq: int
+
+
+class AuditEntryOut(BaseModel):
+    seq: int
+    ts: str
+    who: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntryOut]
+    #: Pass as `after` for the next page; null at the end.
+    next_after: int | None
+
+
+_BOOL_TYPES = {"bool", "bit", "boolean"}
+_TEXT_TYPES = {"string", "localizedtext", "text"}
+
+
+def check_value(
+    value: Value, data_type: str, minimum: float | None = None, maximum: float | None = None
+) -> Value:
+    """The value converted to what the point's type takes, or ValueError saying why: a
+    bool for bool points (0/1 accepted), a finite number (not a bool) within min..max for
+    numeric ones, text for text ones. The driver checks again and encodes (a value the
+    register type cannot hold is refused there), still before any I/O."""
+    kind = data_type.lower()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
+    if kind in _BOOL_TYPES:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"a {data_type} point takes true/false or 0/1 (got {value!r})")
+    if kind in _TEXT_TYPES:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"a {data_type} point takes text (got {value!r})")
+    # every other declared type is numeric
+    if kind and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError(f"a {data_type} point takes a number (got {value!r})")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if minimum is not None and value < minimum:
+            raise ValueError(f"{value} is below the point's min {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"{value} is above the point's max {maximum}")
+    return value
+
+
 def _quality(q: Quality | int | None) -> str | None:
     return None if q is None else Quality(q).name.lower()
 
@@ -172,9 +259,22 @@ def create_app(gw: "Gateway") -> FastAPI:
     app = FastAPI(
         title="Millrace gateway",
         version=__version__,
-        description="Local API of a Millrace edge gateway.",
+        description="Local API of a Millrace edge gateway. Every endpoint but /health needs "
+        "a bearer token (`millrace tokens create`); roles viewer < technician < admin.",
     )
+    app.state.gateway = gw
     limit_max = gw.config.api.history_limit
+    access = gw.access
+
+    def visible(who: Principal, point_id: str) -> None:
+        """404 for an unknown point, 403 for one the caller's org/site may not see."""
+        info = gw.points.get(point_id)
+        if info is None:
+            raise HTTPException(404, f"no point {point_id!r}")
+        if not access.can_see(who, info.data_class):
+            raise HTTPException(
+                403, f"point {point_id} is {info.data_class} data of another organisation/site"
+            )
 
     @app.get("/health", response_model=HealthOut)
     async def health() -> HealthOut:
@@ -199,7 +299,7 @@ def create_app(gw: "Gateway") -> FastAPI:
         )
 
     @app.get("/devices", response_model=list[DeviceOut])
-    async def devices() -> list[DeviceOut]:
+    async def devices(who: Viewer) -> list[DeviceOut]:
         return [
             DeviceOut(
                 id=h.device,
@@ -241,39 +341,57 @@ def create_app(gw: "Gateway") -> FastAPI:
 
     @app.get("/points", response_model=list[PointOut])
     async def points(
+        who: Viewer,
         device: Annotated[str | None, Query(max_length=64)] = None,
         equipment: Annotated[str | None, Query(max_length=64)] = None,
     ) -> list[PointOut]:
-        """Latest value of every configured point (value null until first read)."""
+        """Latest value of every configured point the caller may see (value null until
+        first read)."""
         ids = [
             pid
             for pid, info in gw.points.items()
             if (device is None or info.device == device)
             and (equipment is None or equipment in info.equipment)
+            and access.can_see(who, info.data_class)
         ]
         return [point_out(pid) for pid in ids]
 
     @app.get("/points/{point_id}", response_model=PointOut)
-    async def point(point_id: str) -> PointOut:
-        if point_id not in gw.points:
-            raise HTTPException(404, f"no point {point_id!r}")
+    async def point(point_id: str, who: Viewer) -> PointOut:
+        visible(who, point_id)
         return point_out(point_id)
 
     @app.get("/points/{point_id}/history", response_model=HistoryOut)
     async def history(
         point_id: str,
+        who: Viewer,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=limit_max)] = 1000,
     ) -> HistoryOut:
-        """Stored readings of one point, oldest first; the newest `limit` of the range."""
-        if point_id not in gw.points:
-            raise HTTPException(404, f"no point {point_id!r}")
+        """Stored readings of one point, oldest first; the newest `limit` of the range. A
+        read of restricted or private data is an export: it is audited."""
+        visible(who, point_id)
         t0 = since.timestamp() if since else None
         t1 = until.timestamp() if until else None
         if t0 is not None and t1 is not None and t0 > t1:
             raise HTTPException(422, "since is after until")
         rows = await gw.store.history(point_id, since=t0, until=t1, limit=limit)
+        data_class = gw.points[point_id].data_class
+        if data_class is not DataClass.PUBLIC:
+            await gw.audit.append(
+                "data.export",
+                who.who,
+                point_id,
+                {
+                    "via": "history",
+                    "class": str(data_class),
+                    "since": iso(t0),
+                    "until": iso(t1),
+                    "rows": len(rows),
+                    "role": str(who.role),
+                },
+            )
         items = [
             HistoryItem(
                 id=r.id,
@@ -291,6 +409,7 @@ def create_app(gw: "Gateway") -> FastAPI:
 
     @app.get("/dead-letters", response_model=list[DeadLetterOut])
     async def dead_letters(
+        who: Technician,
         source: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[DeadLetterOut]:
@@ -311,7 +430,7 @@ def create_app(gw: "Gateway") -> FastAPI:
         ]
 
     @app.get("/models", response_model=list[ModelOut])
-    async def models() -> list[ModelOut]:
+    async def models(who: Viewer) -> list[ModelOut]:
         """Each bound model: state (a `fallback` model's manifest rules are running in its
         place, `error` says why), call latency p50/p99 against its budget, counters, the
         alarms it holds active and its newest outputs."""
@@ -324,7 +443,7 @@ def create_app(gw: "Gateway") -> FastAPI:
         return found
 
     @app.get("/uplinks", response_model=list[UplinkOut])
-    async def uplinks() -> list[UplinkOut]:
+    async def uplinks(who: Viewer) -> list[UplinkOut]:
         """Per uplink: readings waiting and the oldest one's age, sent/s against the ingest
         rate, hours the disk can keep buffering at that rate, retries, errors, drops."""
         out = []
@@ -334,10 +453,12 @@ def create_app(gw: "Gateway") -> FastAPI:
         return out
 
     @app.post("/uplinks/{name}/replay", response_model=ReplayOut, status_code=202)
-    async def replay(name: str, since: datetime, until: datetime | None = None) -> ReplayOut:
+    async def replay(
+        name: str, who: Technician, since: datetime, until: datetime | None = None
+    ) -> ReplayOut:
         """Re-send every stored reading with since <= time < until (default: now) on this
         uplink, for a far side that found a gap. Pages carry `replay: true`; the cursor does
-        not move; the far side de-duplicates by reading id."""
+        not move; the far side de-duplicates by reading id. A replay is an export: audited."""
         up = runner(name)
         t0 = since.timestamp()
         t1 = until.timestamp() if until else time.time()
@@ -347,10 +468,86 @@ def create_app(gw: "Gateway") -> FastAPI:
             queued = up.replay(t0, t1)
         except ValueError as exc:
             raise HTTPException(429, str(exc)) from exc
+        await gw.audit.append(
+            "data.export",
+            who.who,
+            f"uplink:{name}",
+            {"via": "replay", "since": iso(t0), "until": iso(t1), "role": str(who.role)},
+        )
         return ReplayOut(uplink=name, since=iso(t0) or "", until=iso(t1) or "", queued=queued)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
+    async def metrics(who: Viewer) -> PlainTextResponse:
         return PlainTextResponse(render(gw), media_type="text/plain; version=0.0.4")
 
+    @app.post("/points/{point_id}/write", response_model=WriteOut)
+    async def write(point_id: str, who: Technician, body: Annotated[WriteIn, Body()]) -> WriteOut:
+        """Write one engineering value to a device point. Refused with 422 and the reason,
+        before anything is sent, when the point is not writable, the value is the wrong type
+        or outside the point's min/max; 502 when the device refuses or does not answer.
+        Every attempt is in the audit log with the token that made it."""
+        target = point_id
+        detail: dict[str, Any] = {"value": body.value, "role": str(who.role)}
+
+        async def refuse(status: int, reason: str) -> HTTPException:
+            await gw.audit.append(
+                "device.write", who.who, target, {**detail, "result": "refused", "reason": reason}
+            )
+            return HTTPException(status, reason)
+
+        info = gw.points.get(point_id)
+        if info is None:
+            raise await refuse(404, f"no point {point_id!r}")
+        if not access.can_see(who, info.data_class):
+            raise await refuse(
+                403, f"point {point_id} is {info.data_class} data of another organisation/site"
+            )
+        if not info.writable:
+            raise await refuse(422, f"point {point_id} is not writable")
+        try:
+            value = check_value(body.value, info.data_type, info.min, info.max)
+        except ValueError as exc:
+            raise await refuse(422, f"point {point_id}: {exc}") from None
+        # Recorded before it is sent: no write reaches a device without its audit entry.
+        entry = await gw.audit.append(
+            "device.write", who.who, target, {**detail, "value": value, "result": "sending"}
+        )
+        try:
+            await gw.write_point(point_id, value)
+        except WriteRejected as exc:
+            raise await refuse(422, str(exc)) from None
+        except (DeviceError, TransportError, MillraceError) as exc:
+            await gw.audit.append(
+                "device.write",
+                who.who,
+                target,
+                {**detail, "result": "failed", "reason": str(exc), "after": entry.seq},
+            )
+            raise HTTPException(502, f"point {point_id}: {exc}") from None
+        done = await gw.audit.append(
+            "device.write",
+            who.who,
+            target,
+            {**detail, "value": value, "result": "written", "after": entry.seq},
+        )
+        log.info("point written", extra={"point": point_id, "who": who.who})
+        return WriteOut(point=point_id, value=value, written=True, audit_seq=done.seq)
+
+    @app.get("/audit", response_model=AuditPage)
+    async def audit(
+        who: Admin,
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        action: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> AuditPage:
+        """Audit entries with seq > `after`, oldest first, `limit` at a time."""
+        rows = await asyncio.to_thread(gw.audit.entries, after=after, limit=limit, action=action)
+        return AuditPage(
+            entries=[AuditEntryOut(**{**e.as_dict(), "ts": iso(e.ts) or ""}) for e in rows],
+            next_after=rows[-1].seq if len(rows) == limit else None,
+        )
+
+    from gateway.api_equipment import router as equipment_router
+
+    app.include_router(equipment_router)
     return app

@@ -9,17 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, platforms
 from gateway.configload import LoadedConfig, load_config
+from gateway.deploy import box_services, load_box
 from gateway.errors import ConfigError, MillraceError
 from gateway.logs import setup_logging
+from gateway.secrets import (
+    exposed_config_warning,
+    install_crash_redaction,
+    print_crash,
+    redact,
+)
 
 EXIT_OK, EXIT_FAILURES, EXIT_CONFIG = 0, 1, 2
 #: `discover modbus --guess` reads a 32-bit pair this many times, this far apart: a byte
@@ -33,16 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_CONFIG
+    install_crash_redaction()
     try:
         return int(args.func(args))
     except ConfigError as exc:
         _print_problems(getattr(args, "config", "config"), exc.problems)
         return EXIT_CONFIG
     except MillraceError as exc:
-        print(f"millrace: {exc}", file=sys.stderr)
+        print(redact(f"millrace: {exc}"), file=sys.stderr)
         return EXIT_FAILURES
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # a bug: show it, but never a secret it carried
+        print_crash(exc)
+        return EXIT_FAILURES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway with a config file")
     run.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    _platform_arg(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="run simulators, gateway and local API on embedded defaults")
@@ -71,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check a config file and print a summary")
     val.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    _platform_arg(val)
     val.set_defaults(func=cmd_validate)
 
     disc = sub.add_parser("discover", help="find devices and write a starting profile")
@@ -144,11 +158,24 @@ def _parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check", help="commissioning report: probe every device and point once")
     chk.add_argument("-c", "--config", required=True, help="gateway YAML file")
+    _platform_arg(chk)
     chk.set_defaults(func=cmd_check)
+
+    plat = sub.add_parser("platform", help="the hardware platform profile this box uses")
+    _platform_arg(plat)
+    plat.add_argument("--list", action="store_true", help="list the known profiles")
+    plat.add_argument(
+        "--systemd-dropin", action="store_true", help="print a millrace.service drop-in for it"
+    )
+    plat.set_defaults(func=cmd_platform)
 
     from gateway.equipment_cli import add_parser as add_equipment_parser
 
     add_equipment_parser(sub)
+
+    from gateway.auth.cli import add_parser as add_auth_parser
+
+    add_auth_parser(sub)
 
     mdl = sub.add_parser("models", help="the ONNX models: list them, measure them")
     msub = mdl.add_subparsers(title="models commands", metavar="WHAT")
@@ -230,7 +257,7 @@ def cmd_models_bench(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from gateway.runtime import Gateway
 
-    loaded = load_config(args.config)
+    loaded, det = load_box(args.config, args.platform)
     # Building the gateway (no I/O: nothing connects, the store is not opened) is what
     # checks the model bindings against the points the drivers declare.
     gw = Gateway(loaded, api=False)
@@ -242,7 +269,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if inst.state == "disabled":
             state = "disabled"
         models.append(f"  {inst.id:<20} {inst.stamp:<22} {where}  {state}")
-    print(summary(loaded, models))
+    print(summary(loaded, models, f"{det.profile.name} ({det.reason})"))
+    for warning in platforms.port_warnings(loaded.config, det.profile):
+        print(f"warning: {warning}")
     return EXIT_FAILURES if any(i.error for i in gw.engine.instances) else EXIT_OK
 
 
@@ -253,13 +282,14 @@ def _print_problems(source: str, problems: list[str]) -> None:
         print(line, file=sys.stderr)
 
 
-def summary(loaded: LoadedConfig, models: Sequence[str] = ()) -> str:
+def summary(loaded: LoadedConfig, models: Sequence[str] = (), platform: str | None = None) -> str:
     """One screen: who this gateway is, what it talks to, where it keeps data."""
     cfg = loaded.config
     lines = [
         f"config OK: {loaded.source or '(inline)'}",
         f"gateway  {cfg.gateway.id} at site {cfg.gateway.site}"
-        + (f" ({cfg.gateway.name})" if cfg.gateway.name else ""),
+        + (f" ({cfg.gateway.name})" if cfg.gateway.name else "")
+        + (f", platform {platform}" if platform else ""),
         f"devices  {len(cfg.devices)}",
     ]
     for d in cfg.devices[:15]:
@@ -277,7 +307,10 @@ def summary(loaded: LoadedConfig, models: Sequence[str] = ()) -> str:
         lines.append(f"  ... and {len(cfg.devices) - 15} more")
     lines.append(f"equipment {len(cfg.equipment)}")
     for e in cfg.equipment[:5]:
-        lines.append(f"  {e.id:<20} {e.type:<18} on {e.device}  owner: {e.owner or '-'}")
+        shared = "  shared" if e.sharing.shared else ""
+        lines.append(
+            f"  {e.id:<20} {e.type.value:<20} on {e.device}  owner: {e.owner.org or '-'}{shared}"
+        )
     if len(cfg.equipment) > 5:
         lines.append(f"  ... and {len(cfg.equipment) - 5} more")
     st = cfg.store
@@ -285,9 +318,19 @@ def summary(loaded: LoadedConfig, models: Sequence[str] = ()) -> str:
         f"store    {loaded.store_path()}  cap {st.max_bytes / 1024**2:.0f} MiB, "
         f"{st.drop_policy}, history {st.history_retention / 86400:g} d, sync {st.synchronous}"
     )
-    lines.append(f"models   {len(cfg.models)}")
+    inf = cfg.inference
+    lines.append(
+        f"models   {len(cfg.models)}  ({' > '.join(inf.providers)}, {inf.threads} threads)"
+    )
     lines += models
     lines.append(f"uplinks  {', '.join(f'{u.name} ({u.type})' for u in cfg.uplinks) or 'none'}")
+    pool = cfg.pool
+    lines.append(
+        f"pool     {pool.url} ({pool.transport}), sync every {pool.sync_interval:g}s, "
+        f"snapshot every {pool.snapshot_interval:g}s"
+        if pool is not None
+        else "pool     none"
+    )
     api = cfg.api
     lines.append(
         f"api      {'https' if api.tls else 'http'}://{api.host}:{api.port}"
@@ -301,15 +344,24 @@ def summary(loaded: LoadedConfig, models: Sequence[str] = ()) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    loaded = load_config(args.config)
+    loaded, det = load_box(args.config, args.platform)
     log = loaded.config.logging
     setup_logging(log.level, log.format, loaded.secret_values)
-    return asyncio.run(_serve(loaded))
+    if warning := exposed_config_warning(loaded.source):
+        logging.getLogger("millrace.secrets").warning(warning)
+    return asyncio.run(_serve(loaded, platform=det.profile.name))
 
 
 async def _serve(
-    loaded: LoadedConfig, duration: float | None = None, banner: str | None = None
+    loaded: LoadedConfig,
+    duration: float | None = None,
+    banner: str | None = None,
+    *,
+    platform: str | None = None,
+    during: Callable[[Any], Awaitable[Any]] | None = None,
 ) -> int:
+    """Run until SIGINT/SIGTERM (or `duration`). With `platform` (a real box, not the demo)
+    the box services run beside it: systemd readiness and watchdog, balena fleet tags."""
     from gateway.runtime import Gateway
 
     stop = asyncio.Event()
@@ -324,17 +376,33 @@ async def _serve(
     if banner:
         print(banner, flush=True)
     try:
-        if duration is None:
-            await stop.wait()
-        else:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration)
+        async with contextlib.AsyncExitStack() as box:
+            if platform is not None:
+                await box.enter_async_context(box_services(gateway, platform))
+            if during is not None:
+                side = asyncio.create_task(_side_show(during, gateway))
+                box.callback(side.cancel)
+            if duration is None:
+                await stop.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), duration)
     finally:
         problems = await gateway.stop()
     return EXIT_FAILURES if problems else EXIT_OK
 
 
 # -- demo ----------------------------------------------------------------------------------
+
+
+async def _side_show(fn: Callable[[Any], Awaitable[Any]], gateway: Any) -> None:
+    """Something the demo shows beside the gateway; its failure is reported, not fatal."""
+    try:
+        await fn(gateway)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        print(f"millrace demo: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -344,7 +412,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import demo_config
+    from gateway.demo import cooperative_demand, demo_config
+    from simulators.central_pool import CentralPool
     from simulators.cogen_turbine import CogenTurbinePlant
     from simulators.grading_line import GradingLine
     from simulators.modbus_plant import ModbusPlant
@@ -377,6 +446,9 @@ async def run_demo(args: argparse.Namespace) -> int:
         )
         # A cycle every 0.5 s from 60 % of each engine's life: the RUL model has its 30-cycle
         # window after 15 s and maintenance alarms follow within a few minutes.
+        pool = await stack.enter_async_context(
+            CentralPool(port=0, db_path=data_dir / "central-pool.db")
+        )
         turbine = await stack.enter_async_context(
             CogenTurbinePlant(port=0, cycle_period=0.5, start_fraction=0.6)
         )
@@ -391,6 +463,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             opcua_endpoint=line.endpoint,
             mqtt_port=broker.port,
             turbine_endpoint=turbine.endpoint,
+            pool_url=pool.url,
         )
         print(
             f"millrace demo: Modbus plant on 127.0.0.1:{plant.port} (pump unit 1, press unit 2), "
@@ -402,7 +475,19 @@ async def run_demo(args: argparse.Namespace) -> int:
             "millrace demo: live values at /points, device health at /devices, models and "
             "their latency at /models, also /health, /metrics, /docs; Ctrl-C stops"
         )
-        return await _serve(loaded, args.duration, banner)
+        from gateway.auth.cli import DEMO_TOKENS, demo_tokens
+
+        tokens = demo_tokens(loaded, data_dir)
+        banner += (
+            f"\nmillrace demo: send 'Authorization: Bearer <token>'; admin {tokens['admin']}"
+            f"\nmillrace demo: viewer {tokens['viewer']} (both kept in {data_dir / DEMO_TOKENS})"
+        )
+        banner += f"\nmillrace demo: reference central pool on {pool.url} (GET /v1/health)"
+
+        async def demand(_gw: Any) -> None:
+            await cooperative_demand(pool.url, lambda line: print(line, flush=True))
+
+        return await _serve(loaded, args.duration, banner, during=demand)
 
 
 # -- discover -----------------------------------------------------------------------------
@@ -569,11 +654,36 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- platform ------------------------------------------------------------------------------
+
+
+def _platform_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--platform",
+        default=None,
+        help="hardware profile (pi4, pi5, jetson-orin-nano, generic-x86_64, generic-arm64); "
+        "default: MILLRACE_PLATFORM or detected",
+    )
+
+
+def cmd_platform(args: argparse.Namespace) -> int:
+    if args.list:
+        for p in platforms.load_profiles(platforms.find_platform_dir()).values():
+            print(f"{p.name:<18} {p.description}")
+        return EXIT_OK
+    det = platforms.resolve(args.platform)
+    if args.systemd_dropin:
+        print(platforms.systemd_dropin(det.profile), end="")
+        return EXIT_OK
+    print("\n".join(platforms.describe(det)))
+    return EXIT_OK
+
+
 # -- check ---------------------------------------------------------------------------------
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    loaded = load_config(args.config)
+    loaded, _ = load_box(args.config, args.platform)
     setup_logging("warning", "text", loaded.secret_values)
     return asyncio.run(_check(loaded))
 

@@ -8,16 +8,19 @@ cross-checks (unknown profile, duplicate ids) are in `gateway.configload`.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from drivers.modbus.config import ModbusProfile, ModbusRtuDevice, ModbusTcpDevice
 from drivers.mqtt.config import MqttDevice, MqttProfile
 from drivers.opcua.config import OpcuaDevice, OpcuaProfile
+from gateway.equipment.model import DEFAULT_DATA_CLASSES, Machine
 from gateway.inference.config import InferenceConfig, ModelBinding
 from gateway.types import ByteSize, DataClass, Duration, Name
-from sync.config import OutboxConfig, UplinkConfig
+from sync.config import OutboxConfig, PoolSyncConfig, UplinkConfig
+from sync.fleet import FleetConfig
 
 DeviceConfig = Annotated[
     ModbusTcpDevice | ModbusRtuDevice | OpcuaDevice | MqttDevice, Field(discriminator="protocol")
@@ -42,30 +45,43 @@ class _Strict(BaseModel):
 class GatewayIdentity(_Strict):
     id: Name
     site: Name
+    #: The organisation that runs this box: restricted and private data are shown only to
+    #: tokens of this organisation (and site; docs/security.md).
+    org: Name = "default"
     name: str = ""
     description: str = ""
 
 
-class Location(_Strict):
-    description: str = ""
-    lat: float | None = Field(default=None, ge=-90, le=90)
-    lon: float | None = Field(default=None, ge=-180, le=180)
+class Equipment(Machine):
+    """A machine in the config, in the registry's shape (gateway/equipment/README.md): what it
+    is, who owns it, how it is shared, which device points describe it and how its status is
+    derived. Two older spellings are still read: `owner: <organisation>` and `data_class:
+    restricted|private` (every public field moves to that class)."""
 
-
-class Equipment(_Strict):
-    """A machine as its owner thinks of it, described by one device and some of its points."""
-
-    id: Name
-    type: Name
-    name: str = ""
-    make: str = ""
-    model: str = ""
-    owner: str = ""
-    location: Location = Location()
-    device: Name
-    #: Point names of the device's profile; empty means all of them.
-    points: list[Name] = Field(default_factory=list)
-    data_class: DataClass = DataClass.PUBLIC
+    @model_validator(mode="before")
+    @classmethod
+    def _older_shape(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        if isinstance(out.get("owner"), str):
+            out["owner"] = {"org": out["owner"]}
+        if "data_class" in out:
+            try:
+                klass = DataClass(out.pop("data_class"))
+            except ValueError:
+                raise ValueError(
+                    f"data_class must be public, restricted or private "
+                    f"(got {data.get('data_class')})"
+                ) from None
+            if klass is not DataClass.PUBLIC:
+                moved = {
+                    k: klass
+                    for k, v in DEFAULT_DATA_CLASSES.items()
+                    if v is DataClass.PUBLIC or klass is DataClass.PRIVATE
+                }
+                out["data_classes"] = {**moved, **(out.get("data_classes") or {})}
+        return out
 
 
 class DropPolicy(enum.StrEnum):
@@ -134,5 +150,9 @@ class GatewayConfig(_Strict):
     #: Transports to the central platform, each with its own outbox cursor (sync.config).
     uplinks: list[UplinkConfig] = Field(default_factory=list)
     outbox: OutboxConfig = OutboxConfig()
+    #: The central matching pool this gateway shares its machines with (sync.pool); None: none.
+    pool: PoolSyncConfig | None = None
+    #: balena fleet: read this device's variables and tags, report health as tags (sync.fleet).
+    fleet: FleetConfig = FleetConfig()
     #: Free-form secrets for later components, referenced as ${env:..} or ${file:..}.
     secrets: dict[Name, SecretStr] = Field(default_factory=dict)

@@ -27,10 +27,18 @@ from pydantic import TypeAdapter, ValidationError
 
 from gateway.config import PROFILE_PROTOCOL, DeviceConfig, GatewayConfig, ProfileConfig
 from gateway.errors import ConfigError
+from gateway.secrets import config_secret_values
 
 _SECRET_RE = re.compile(r"\$\{(env|file):([^}]+)\}")
 _TAG_SEGMENTS = {"modbus-tcp", "modbus-rtu", "modbus", "opcua", "mqtt"}
 _MAX_SHOWN = 60
+#: Bounds on what a config (or profile) file may be before anything walks it. A real config is
+#: a few hundred kilobytes at most; past these it is a mistake or an attack: a YAML alias bomb
+#: (each alias is walked again by every pass, so nine levels of nine aliases are 387 million
+#: nodes), or nesting deep enough to overflow the parser's recursion.
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+MAX_CONFIG_NODES = 200_000
+MAX_CONFIG_DEPTH = 64
 
 BUILTIN_PROFILES = Path(str(resources.files("drivers") / "profiles"))
 
@@ -60,19 +68,28 @@ def load_config(path: str | Path) -> LoadedConfig:
     """Read and check the YAML file at `path`; raise `ConfigError` listing every problem."""
     src = Path(path)
     try:
+        size = src.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{src}: {size} bytes, more than {MAX_CONFIG_BYTES} (not a config)"])
         text = src.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{src}: cannot read ({exc.strerror})"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{src}: not UTF-8 text (byte {exc.start})"]) from None
     return load_config_text(text, base_dir=src.resolve().parent, source=src)
 
 
 def load_config_text(text: str, *, base_dir: Path, source: Path | None = None) -> LoadedConfig:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"(file): {len(text)} characters, more than {MAX_CONFIG_BYTES}"])
     try:
-        data = yaml.safe_load(text)
+        data = _safe_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "unknown place"
         raise ConfigError([f"(file): not valid YAML at {where}: {exc}"]) from exc
+    except ValueError as exc:
+        raise ConfigError([f"(file): {exc}"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -96,6 +113,8 @@ def load_config_data(
 
     profiles, broken = _load_profiles(data, base_dir, problems)
     problems.extend(_cross_check(data, profiles, broken))
+    if config is not None:
+        problems.extend(_status_rules(config, profiles))
 
     if problems or config is None:
         raise ConfigError(_dedupe(problems) or ["(file): invalid configuration"])
@@ -104,7 +123,9 @@ def load_config_data(
         profiles=profiles,
         base_dir=base_dir,
         source=source,
-        secret_values=tuple(v for v in secret_values if v),
+        secret_values=tuple(
+            dict.fromkeys(v for v in (*secret_values, *config_secret_values(config)) if v)
+        ),
     )
 
 
@@ -201,6 +222,32 @@ def _strip_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def _safe_yaml(text: str) -> Any:
+    """`yaml.safe_load` that refuses documents nested deeper than MAX_CONFIG_DEPTH or with
+    more than MAX_CONFIG_NODES nodes once aliases are expanded (ValueError saying which)."""
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_CONFIG_DEPTH} levels") from None
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:  # iterative: the walk must not be what overflows
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_CONFIG_NODES:
+            raise ValueError(
+                f"more than {MAX_CONFIG_NODES} values once aliases are expanded (a YAML bomb?)"
+            )
+        if depth > MAX_CONFIG_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_CONFIG_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+            nodes += len(node)  # the keys
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return data
+
+
 def _load_profiles(
     data: dict[str, Any], base_dir: Path, problems: list[str]
 ) -> tuple[dict[str, Any], set[str]]:
@@ -222,8 +269,8 @@ def _load_profiles(
             continue
         where = ("profiles", name)
         try:
-            raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
+            raw = _safe_yaml(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
             problems.append(f"{_dotted(where)}: cannot load {file}: {exc}")
             broken.add(name)
             continue
@@ -336,6 +383,25 @@ def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str
                     f"equipment.{i}.points.{j}: profile {profile.name} of device {dev_id} "
                     f"has no such point (got {point})"
                 )
+    return problems
+
+
+def _status_rules(config: GatewayConfig, profiles: dict[str, Any]) -> list[str]:
+    """A machine's status rules may only read points its device's profile has: a typo would
+    otherwise leave the machine `idle` for ever."""
+    from gateway.equipment.errors import InvalidMachine
+    from gateway.equipment.status import compile_status_rules
+
+    devices = {d.id: d for d in config.devices}
+    problems: list[str] = []
+    for i, eq in enumerate(config.equipment):
+        dev = devices.get(eq.device)
+        profile = profiles.get(getattr(dev, "profile", "")) if dev is not None else None
+        names = [p.name for p in profile.points] if profile is not None else None
+        try:
+            compile_status_rules(eq, names)
+        except InvalidMachine as exc:
+            problems += [f"equipment.{i}.{line}" for line in exc.problems]
     return problems
 
 

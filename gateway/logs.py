@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -19,6 +20,10 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "asctime",
     "color_message",
 }
+
+
+#: API bearer tokens (gateway.auth.tokens) and whatever follows "Bearer " in a header dump.
+_TOKEN_RE = re.compile(r"mr_[0-9a-f]{6,32}_[A-Za-z0-9_\-]{8,}|(?<=Bearer )[A-Za-z0-9._~+/=\-]{8,}")
 
 
 class SecretMasker(logging.Filter):
@@ -36,11 +41,11 @@ class SecretMasker(logging.Filter):
         for s in self._secrets:
             if s in text:
                 text = text.replace(s, "***")
+        if "mr_" in text or "Bearer " in text:
+            text = _TOKEN_RE.sub("***", text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
         record.msg = self.mask(record.getMessage())
         record.args = None
         for key, value in list(record.__dict__.items()):

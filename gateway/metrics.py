@@ -64,6 +64,7 @@ def render(gw: Gateway) -> str:
         "Seconds since the gateway started.",
         [({}, time.time() - (gw.started_at or time.time()))],
     )
+    _security(out, gw)
 
     health = gw.device_health()
     online, total = gw.online_share()
@@ -268,3 +269,26 @@ def _uplinks(out: _Exposition, gw: Gateway) -> None:
         ("replayed", "millrace_uplink_replayed_total", "counter", "Readings re-sent on request."),
     ):
         out.family(name, kind, help_text, [({"uplink": s["name"]}, s[key]) for s in status])
+
+
+def _security(out: _Exposition, gw: Gateway) -> None:
+    """API authentication outcomes and audit appends (gateway.auth, gateway.audit)."""
+    access, audit = gw.access, gw.audit
+    out.family(
+        "millrace_api_auth_failures_total",
+        "counter",
+        "API requests refused: missing or invalid token, or too low a role.",
+        [({"reason": k}, v) for k, v in sorted(access.failures.items())],
+    )
+    out.family(
+        "millrace_api_auth_rate_limited_total",
+        "counter",
+        "API requests refused (429) after too many failed logins from the address.",
+        [({}, access.rate_limited)],
+    )
+    out.family(
+        "millrace_audit_entries_total",
+        "counter",
+        "Audit log entries appended by this process, and appends that failed.",
+        [({"result": "appended"}, audit.appended), ({"result": "failed"}, audit.failures)],
+    )

@@ -33,6 +33,9 @@ from typing import Any
 from drivers.base import DeviceHealth, Driver, Item, Prober, ProbeResult, Writer
 from drivers.registry import build_drivers
 from gateway import __version__
+from gateway.audit import AuditLog, audit_path, record_config
+from gateway.auth import AccessControl, TokenStore
+from gateway.auth.tokens import tokens_path
 from gateway.bus import Bus
 from gateway.configload import LoadedConfig
 from gateway.errors import MillraceError, WriteRejected
@@ -40,11 +43,13 @@ from gateway.httpserve import bind, embedded_server
 from gateway.inference.engine import InferenceEngine
 from gateway.latest import LatestCache
 from gateway.readings import Reading, Value
+from gateway.sharing import SHARING_POINTS, UPDATE_POINT, SharingService
 from gateway.store import Store, StoredReading
 from gateway.supervisor import Supervisor
 from gateway.types import DataClass
 from sync.base import PointMeta, UplinkContext
-from sync.runner import UplinkRunner, build_runner
+from sync.pool import PoolSync
+from sync.runner import RunnerSettings, UplinkRunner, build_runner
 
 log = logging.getLogger("millrace.gateway")
 
@@ -70,6 +75,9 @@ class PointInfo:
     writable: bool
     equipment: tuple[str, ...]
     description: str
+    #: Declared range of a writable point (the API refuses writes outside it).
+    min: float | None = None
+    max: float | None = None
 
 
 class Gateway:
@@ -80,6 +88,12 @@ class Gateway:
         self.latest = LatestCache()
         self.store = Store(loaded.store_path(), self.config.store)
         self.supervisor = Supervisor()
+        #: API tokens, the access policy and the audit log (gateway.auth, gateway.audit).
+        self.tokens = TokenStore(tokens_path(loaded))
+        self.access = AccessControl(
+            self.tokens, org=self.config.gateway.org, site=self.config.gateway.site
+        )
+        self.audit = AuditLog(audit_path(loaded))
         self.state = GatewayState.CREATED
         self.started_at: float | None = None
         self._api_enabled = self.config.api.enabled if api is None else api
@@ -105,6 +119,18 @@ class Gateway:
         self._driver_of: dict[str, Driver] = {
             spec.device: drv for drv in self.drivers for spec in drv.points()
         }
+        #: Shared machinery: registry, live status and availability, bookings, metering.
+        pool_cfg = self.config.pool
+        self.sharing = SharingService(
+            self,
+            loaded.store_path().parent,
+            status_interval=pool_cfg.status_interval if pool_cfg else 1.0,
+            horizon_days=pool_cfg.horizon_days if pool_cfg else 7,
+        )
+        self.add_sharing_points(m.id for m in self.config.equipment)
+        self.pool: PoolSync | None = None
+        if pool_cfg is not None:
+            self.pool = self._build_pool(pool_cfg)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -117,6 +143,8 @@ class Gateway:
             self._api_socket = _bind(self.config.api.host, self.config.api.port)
             self.api_port = self._api_socket.getsockname()[1]
         await self.store.open()
+        await record_config(self.audit, self.loaded)
+        await self.sharing.open()
         self.latest.seed(
             Reading(r.point, r.value, r.quality, r.ts_gateway, r.ts_source, r.reason)
             for r in await self.store.latest()
@@ -132,6 +160,9 @@ class Gateway:
         self.engine.seed(list(self.latest.all().values()))
         await self.engine.start()
         self.supervisor.add("inference", self.engine.consume, group="inference")
+        self.supervisor.add("sharing", self.sharing.run, group="sharing")
+        if self.pool is not None:
+            self.supervisor.add("pool", self.pool.run, group="pool")
         for drv in self.drivers:
             self.supervisor.add(f"driver:{drv.key}", drv.run, group="drivers")
         if self._api_socket is not None:
@@ -158,6 +189,7 @@ class Gateway:
         t0 = time.monotonic()
 
         problems += await self.supervisor.stop(self.supervisor.names("drivers"), step_timeout)
+        problems += await self.supervisor.stop(self.supervisor.names("sharing"), step_timeout)
         if not await self.bus.drain(step_timeout):
             problems.append(f"bus: queues not drained within {step_timeout}s")
         problems += await self.engine.stop(step_timeout)
@@ -167,6 +199,9 @@ class Gateway:
         except Exception as exc:
             problems.append(f"store flush: {exc}")
         problems += await self.supervisor.stop(self.supervisor.names("uplinks"), step_timeout)
+        problems += await self.supervisor.stop(self.supervisor.names("pool"), step_timeout)
+        if self.pool is not None:
+            await self.pool.close()
         for runner in self.uplinks:
             try:
                 await asyncio.wait_for(runner.close(), step_timeout)
@@ -187,6 +222,9 @@ class Gateway:
             await self.store.close(step_timeout)
         except Exception as exc:
             problems.append(f"store close: {exc}")
+        await self.sharing.close()
+        self.tokens.close()
+        self.audit.close()
         self.state = GatewayState.STOPPED
         log.info(
             "gateway stopped",
@@ -235,6 +273,61 @@ class Gateway:
 
         ident = self.config.gateway
         return UplinkContext(ident.id, ident.site, meta, quarantine, str(self.loaded.base_dir))
+
+    def _build_pool(self, cfg: Any) -> PoolSync:
+        """The pool sync loop and its outbox runner (an uplink named `pool`)."""
+        sync = PoolSync(
+            cfg,
+            self.sharing,
+            gateway_id=self.config.gateway.id,
+            site=self.config.gateway.site,
+            owner_ref_key=self.sharing.owner_key(),
+            base_dir=str(self.loaded.base_dir),
+        )
+
+        async def audit(action: str, target: str, detail: dict[str, Any]) -> None:
+            await self.audit.append(action, "pool-sync", target, detail)
+
+        sync.audit_hook = audit
+        ctx = self._uplink_context("pool")
+        sync.sender.ctx = ctx
+        outbox = self.config.outbox
+        runner = UplinkRunner(
+            sync.sender,
+            self.store,
+            ctx,
+            RunnerSettings(
+                batch_max=500,
+                backoff_initial=outbox.backoff_initial,
+                backoff_max=min(outbox.backoff_max, cfg.sync_interval),
+                point_suffix=f".{UPDATE_POINT}",
+            ),
+        )
+        self.uplinks.append(runner)
+        self.sharing.on_update(runner.poke)
+        return sync
+
+    def add_sharing_points(self, machine_ids: Any) -> None:
+        """Describe the readings the sharing service publishes for these machines."""
+        for mid in machine_ids:
+            for name in SHARING_POINTS:
+                pid = f"{mid}.{name}"
+                if pid in self.points and self.points[pid].data_type != "sharing":
+                    raise MillraceError(
+                        f"equipment {mid}: point {pid} already exists; the sharing service "
+                        f"publishes it (rename the profile point)"
+                    )
+                self.points[pid] = PointInfo(
+                    id=pid,
+                    device=mid,
+                    name=name,
+                    unit="",
+                    data_type="sharing",
+                    data_class=DataClass.PUBLIC,
+                    writable=False,
+                    equipment=(mid,),
+                    description=f"equipment sharing: {name.removeprefix('sharing_')}",
+                )
 
     def _item_sink(self, item: Item) -> bool:
         """Drivers are built before the engine (it needs their points), hence this hop."""
@@ -328,6 +421,8 @@ def _point_index(loaded: LoadedConfig, drivers: list[Driver]) -> dict[str, Point
                 writable=spec.writable,
                 equipment=owners,
                 description=spec.description,
+                min=spec.min,
+                max=spec.max,
             )
     return index
 

@@ -117,6 +117,8 @@ class SharingService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.gw = gw
+        self.folder = folder
+        self._owner_key: bytes | None = None
         self.registry = EquipmentRegistry(folder / "equipment.db")
         self.ledger = PoolLedger(folder / "pool-ledger.db", clock=clock)
         self.metering = MeteringLog(folder / "metering.db", clock=clock)
@@ -182,6 +184,8 @@ class SharingService:
                 self.gw.add_sharing_points([rec.machine.id])
                 self.live[rec.machine.id] = MachineLive(rec, rules, self._point_ids(rec.machine))
         self.poke()
+        if getattr(self.gw, "pool", None) is not None:
+            self.gw.pool.poke()  # register or retire at the pool without waiting
 
     def _rules(self, machine: Machine) -> CompiledStatusRules:
         names = self._profile_names(machine)
@@ -203,6 +207,15 @@ class SharingService:
     def _point_ids(self, machine: Machine) -> tuple[str, ...]:
         heads = {machine.device, machine.id, *machine.health.models}
         return tuple(pid for pid in self.gw.points if pid.partition(".")[0] in heads)
+
+    def owner_key(self) -> bytes:
+        """The key of the public `owner_ref` hash (config `pool.owner_ref_key`, else a file)."""
+        if self._owner_key is None:
+            pool = self.gw.config.pool
+            configured = pool.owner_ref_key if pool is not None else None
+            key = configured.get_secret_value().encode() if configured is not None else None
+            self._owner_key = owner_ref_key(self.folder, key)
+        return self._owner_key
 
     def poke(self) -> None:
         """Evaluate now (a booking arrived, a machine changed)."""

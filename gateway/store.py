@@ -161,6 +161,10 @@ _SELECT_PENDING = (
     f"SELECT {_COLS} FROM readings r JOIN points p ON p.id = r.point"
     " WHERE r.id > ? ORDER BY r.id LIMIT ?"
 )
+_SELECT_PENDING_SUFFIX = (
+    f"SELECT {_COLS} FROM readings r JOIN points p ON p.id = r.point"
+    " WHERE r.id > ? AND r.id <= ? AND substr(p.name, -?) = ? ORDER BY r.id LIMIT ?"
+)
 _SELECT_HISTORY = (
     f"SELECT {_COLS} FROM readings r JOIN points p ON p.id = r.point"
     " WHERE r.point = (SELECT id FROM points WHERE name = ?)"
@@ -609,6 +613,27 @@ class Store:
             return []
         rows = await self._read(_fetch, _SELECT_PENDING, (cursor, limit))
         return _decode_rows(rows)
+
+    async def pending_matching(
+        self, consumer: str, limit: int, suffix: str, *, scan: int = 100_000
+    ) -> tuple[list[StoredReading], int]:
+        """Up to `limit` unacked readings of points whose name ends with `suffix`, and the
+        highest id looked at. For a consumer that wants a few points among many (the pool
+        sync wants `<machine>.availability`): it acks up to that id even when nothing
+        matched, so its cursor keeps up without decoding the telemetry in Python. At most
+        `scan` ids are looked at per call."""
+        cursor = self._cursor(consumer)
+        with self._lock:
+            top = self._last_id
+        hi = min(top, cursor + scan)
+        if limit <= 0 or not suffix or hi <= cursor:
+            return [], cursor
+        rows = _decode_rows(
+            await self._read(
+                _fetch, _SELECT_PENDING_SUFFIX, (cursor, hi, len(suffix), suffix, limit)
+            )
+        )
+        return rows, rows[-1].id if len(rows) == limit else hi
 
     async def ack(self, consumer: str, upto: int, seq: int | None = None) -> None:
         """Mark readings up to `upto` delivered; returns once the cursor is committed.

@@ -41,7 +41,9 @@ Run it alone::
         --token "coop-token:cooperative:Demo Fruit Cooperative"
 
 (`--token TOKEN:ROLE:ORG`, repeatable; without any, those two demo tokens.) It prints one
-line saying where it listens, runs until SIGINT or SIGTERM, and exits 0.
+line saying where it listens, runs until SIGINT or SIGTERM, and exits 0. With
+`--mqtt 127.0.0.1:1883 --mqtt-gateway gw-1:gw-token` it also takes the retained-MQTT
+transport from that broker (`simulators/central_pool_mqtt.py`).
 
 In-process (tests, demo)::
 
@@ -1096,6 +1098,17 @@ class _Store:
                 result("applied")
         return {"results": results}
 
+    def booking_targets(self, booking_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(gateway id, booking) of one booking or of all, in version order: what the MQTT
+        bridge publishes. Read-only: unlike the feed it touches no gateway's liveness."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT m.gateway_id, b.* FROM bookings b JOIN machines m USING (machine_id)"
+                " WHERE ? IS NULL OR b.booking_id = ? ORDER BY b.version",
+                (booking_id, booking_id),
+            ).fetchall()
+        return [(r["gateway_id"], _booking_view(r)) for r in rows]
+
     def usage_records(self, booking_id: str) -> list[dict[str, Any]]:
         with self._tx() as db:
             rows = db.execute(
@@ -1233,11 +1246,13 @@ def create_app(pool: CentralPool) -> FastAPI:
     @app.post("/v1/demands/{demand_id}/bookings")
     async def post_booking(who: Cooperative, demand_id: _IdPath, body: BookingIn) -> JSONResponse:
         out = await pool.call(pool.store.post_booking, demand_id, body, who, pool.now())
+        await pool.booking_changed(out["booking_id"])
         return JSONResponse(out, status_code=201)
 
     @app.delete("/v1/bookings/{booking_id}")
     async def cancel_booking(who: Cooperative, booking_id: _IdPath) -> JSONResponse:
         out = await pool.call(pool.store.cancel_booking, booking_id, who, pool.now())
+        await pool.booking_changed(booking_id)
         return JSONResponse(out)
 
     @app.post("/v1/usage")
@@ -1261,7 +1276,10 @@ class CentralPool(Service):
 
     `tokens`: {token: TokenInfo or {"org", "role", "site"?}}. `db_path`: an SQLite file (kept
     across restarts) or None for a private in-memory database. `clock`: epoch seconds
-    (default `time.time`); `advance_clock(s)` moves the pool's time forward on top of it."""
+    (default `time.time`); `advance_clock(s)` moves the pool's time forward on top of it.
+    `mqtt`: (host, port) of a broker to take the retained-MQTT transport from as well
+    (`simulators/central_pool_mqtt.py`), with `mqtt_gateway_tokens` {gateway_id: token}
+    saying whose token applies to each gateway's topics."""
 
     def __init__(
         self,
@@ -1272,8 +1290,14 @@ class CentralPool(Service):
         tokens: Mapping[str, TokenInfo | Mapping[str, str]] | None = None,
         clock: Callable[[], float] = time.time,
         liveness_timeout: float = LIVENESS_TIMEOUT,
+        mqtt: tuple[str, int] | None = None,
+        mqtt_gateway_tokens: Mapping[str, str] | None = None,
+        mqtt_prefix: str = "millrace-pool/v1",
     ) -> None:
         self.host, self._port = host, port
+        self.mqtt, self.mqtt_prefix = mqtt, mqtt_prefix
+        self.mqtt_gateway_tokens = dict(mqtt_gateway_tokens or {})
+        self.mqtt_bridge: Any = None  # a central_pool_mqtt.PoolMqttBridge while running
         self.db_path = str(db_path) if db_path is not None else ":memory:"
         self.tokens = _token_table(DEMO_TOKENS if tokens is None else tokens)
         self._clock = clock
@@ -1308,10 +1332,18 @@ class CentralPool(Service):
         return f"http://{host}:{self._port}"
 
     def describe(self) -> str:
-        return (
+        text = (
             f"central pool on {self.url} (API /v1, db {self.db_path}, {len(self.tokens)} tokens,"
             f" liveness {self.liveness_timeout:g} s)"
         )
+        if self.mqtt is not None:
+            text += f" and mqtt://{self.mqtt[0]}:{self.mqtt[1]} under {self.mqtt_prefix}/"
+        return text
+
+    async def booking_changed(self, booking_id: str) -> None:
+        """A booking was made or cancelled: publish it to its gateway over MQTT, if bridged."""
+        if self.mqtt_bridge is not None:
+            await self.mqtt_bridge.publish_bookings(booking_id)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a store method in the pool's database thread."""
@@ -1340,8 +1372,21 @@ class CentralPool(Service):
                 await self.stop()
                 raise OSError(f"central pool: the API did not start on {self.url}")
             await asyncio.sleep(0.01)
+        if self.mqtt is not None:
+            from simulators.central_pool_mqtt import PoolMqttBridge  # paho only when asked
+
+            self.mqtt_bridge = PoolMqttBridge(
+                self,
+                *self.mqtt,
+                gateway_tokens=self.mqtt_gateway_tokens,
+                prefix=self.mqtt_prefix,
+            )
+            await self.mqtt_bridge.start()
 
     async def stop(self) -> None:
+        if self.mqtt_bridge is not None:  # first: it applies messages through the store
+            await self.mqtt_bridge.stop()
+            self.mqtt_bridge = None
         if self._server is not None:
             self._server.should_exit = True
         if self._task is not None:
@@ -1398,18 +1443,56 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a gateway may stay silent before its machines count as offline"
         " (default %(default)s)",
     )
+    p.add_argument(
+        "--mqtt",
+        default=None,
+        metavar="HOST:PORT",
+        help="also take the retained-MQTT transport (sync/pool_mqtt.py) from this broker",
+    )
+    p.add_argument(
+        "--mqtt-gateway",
+        action="append",
+        default=[],
+        metavar="GATEWAY_ID:TOKEN",
+        help="with --mqtt: apply this gateway's topics with this token's rights; repeatable"
+        " (a gateway without one is refused)",
+    )
+    p.add_argument(
+        "--mqtt-prefix", default="millrace-pool/v1", help="topic prefix (default %(default)s)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log requests and more")
     return p
 
 
+def parse_endpoint(spec: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:1883` for IPv6) -> (host, port)."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--mqtt wants HOST:PORT, got {spec!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_gateway_token(spec: str) -> tuple[str, str]:
+    """`GATEWAY_ID:TOKEN` (the CLI's `--mqtt-gateway`) -> (gateway id, token)."""
+    gateway_id, sep, token = spec.partition(":")
+    if not sep or not gateway_id or not token:
+        raise ValueError(f"--mqtt-gateway wants GATEWAY_ID:TOKEN, got {gateway_id!r}:…")
+    return gateway_id, token
+
+
 async def _serve(args: argparse.Namespace) -> None:
     tokens = dict(parse_token(t) for t in args.token) if args.token else None
+    if args.mqtt_gateway and args.mqtt is None:
+        raise ValueError("--mqtt-gateway needs --mqtt HOST:PORT")
     pool = CentralPool(
         args.host,
         args.port,
         db_path=args.db,
         tokens=tokens,
         liveness_timeout=args.liveness_timeout,
+        mqtt=parse_endpoint(args.mqtt) if args.mqtt is not None else None,
+        mqtt_gateway_tokens=dict(parse_gateway_token(g) for g in args.mqtt_gateway),
+        mqtt_prefix=args.mqtt_prefix,
     )
     await serve_until_signal(pool, pool.describe)
 

@@ -40,6 +40,14 @@ per unit or for all units, changeable while clients are connected:
 `plant.stop()` closes the listener and every connection (a dead device); `plant.start()` opens
 it again on the same port.
 
+Hostile mode (TCP only; `ModbusPlant.tcp(..., hostile="garbage")` or `--hostile garbage`):
+the same units are served by `simulators.hostile_modbus.HostileModbusServer`, a raw MBAP
+server that mangles every read answer on purpose (malformed frames, wrong lengths, wrong unit
+ids, function codes or transaction ids, truncated answers, random bytes; see that module for
+the modes). `plant.set_hostile(mode, unit=None)` changes it while clients are connected;
+`plant.set_hostile("normal")` answers correctly on the same server. Fault injection does not
+apply in hostile mode. Without `hostile` nothing changes: pymodbus's server answers.
+
 Behaviour worth knowing when writing tests against it:
 
 * Addresses are checked like a PLC does: a read or write fails with ILLEGAL_ADDRESS (2) if any
@@ -94,6 +102,7 @@ from drivers.modbus.config import ModbusPoint, ModbusProfile, Table
 from gateway.readings import Value
 from simulators._cli import run_cli, serve_until_signal
 from simulators._service import Service
+from simulators.hostile_modbus import HostileModbusServer, HostileMode
 from simulators.signals import Clock, GenericModel, SignalModel, model_for, unit_seed
 
 __all__ = [
@@ -797,6 +806,8 @@ class ModbusPlant(Service):
         endpoint: _Tcp | _Serial,
         *,
         silent_hold: float = 300.0,
+        hostile: HostileMode | str | None = None,
+        hostile_seed: int = 0,
     ) -> None:
         self.units: dict[int, SimulatedUnit] = {}
         for unit in units:
@@ -808,7 +819,11 @@ class ModbusPlant(Service):
         self._endpoint = endpoint
         self.faults = FaultInjector(silent_hold=silent_hold)
         self.context = PlantContext(self.units, self.faults)
-        self._server: _PlantTcpServer | _PlantSerialServer | None = None
+        self._server: _PlantTcpServer | _PlantSerialServer | HostileModbusServer | None = None
+        self._hostile = HostileMode(hostile) if hostile is not None else None
+        self._hostile_seed = hostile_seed
+        if self._hostile is not None and not isinstance(endpoint, _Tcp):
+            raise ValueError("hostile mode is served over Modbus TCP only")
 
     @classmethod
     def tcp(
@@ -823,10 +838,14 @@ class ModbusPlant(Service):
         clock: Clock = time.time,
         refresh: float = 0.1,
         silent_hold: float = 300.0,
+        hostile: HostileMode | str | None = None,
     ) -> Self:
-        """A Modbus TCP plant; `port=0` picks a free port (read it from `plant.port`)."""
+        """A Modbus TCP plant; `port=0` picks a free port (read it from `plant.port`).
+        `hostile` serves the units through the hostile server in that mode."""
         built = _units(units, profile_dirs, wear_rate, seed, clock, refresh)
-        return cls(built, _Tcp(host, port), silent_hold=silent_hold)
+        return cls(
+            built, _Tcp(host, port), silent_hold=silent_hold, hostile=hostile, hostile_seed=seed
+        )
 
     @classmethod
     def rtu(
@@ -887,6 +906,14 @@ class ModbusPlant(Service):
         if self._server is not None:
             return
         ep = self._endpoint
+        if self._hostile is not None and isinstance(ep, _Tcp):
+            hostile = HostileModbusServer(
+                self.units, host=ep.host, port=ep.port, mode=self._hostile, seed=self._hostile_seed
+            )
+            await hostile.start()
+            self._endpoint = _Tcp(ep.host, hostile.port)
+            self._server = hostile
+            return
         server: _PlantTcpServer | _PlantSerialServer
         if isinstance(ep, _Tcp):
             server = _PlantTcpServer(self.context, address=(ep.host, ep.port))
@@ -914,6 +941,10 @@ class ModbusPlant(Service):
         server, self._server = self._server, None
         if server is None:
             return
+        if isinstance(server, HostileModbusServer):
+            self._hostile = server.mode  # a restart keeps the mode set for all units
+            await server.stop()
+            return
         listener = server.transport
         await server.shutdown()
         if isinstance(listener, asyncio.Server):
@@ -939,6 +970,20 @@ class ModbusPlant(Service):
         if unit is not None and unit not in self.units:
             raise KeyError(f"no unit {unit}")
         return self.faults.set(mode, unit=unit, code=code, delay=delay)
+
+    @property
+    def hostile(self) -> HostileModbusServer | None:
+        """The hostile server while one runs (its `answers` count what it sent, per mode)."""
+        return self._server if isinstance(self._server, HostileModbusServer) else None
+
+    def set_hostile(self, mode: HostileMode | str, *, unit: int | None = None) -> None:
+        """Change how a hostile plant answers, for one unit or all (`unit=None`)."""
+        server = self.hostile
+        if server is None:
+            raise RuntimeError("set_hostile needs a running plant built with hostile=...")
+        if unit is not None and unit not in self.units:
+            raise KeyError(f"no unit {unit}")
+        server.set_mode(mode, unit=unit)
 
     def clear_faults(self, unit: int | None = None) -> None:
         """Back to normal for one unit, or for all units."""
@@ -1025,6 +1070,12 @@ def _parser() -> argparse.ArgumentParser:
         "--stopbits", type=int, choices=[1, 2], default=1, help="RTU stop bits (default 1)"
     )
     parser.add_argument(
+        "--hostile",
+        choices=[m.value for m in HostileMode],
+        metavar="MODE",
+        help="answer reads badly on purpose (TCP only): " + ", ".join(m.value for m in HostileMode),
+    )
+    parser.add_argument(
         "-v", "--verbose", action="store_true", help="log pymodbus and simulator details"
     )
     return parser
@@ -1037,13 +1088,17 @@ async def _serve(args: argparse.Namespace) -> None:
         "wear_rate": args.wear_rate,
         "seed": args.seed,
     }
+    if args.serial and args.hostile:
+        raise SystemExit("--hostile works over TCP only, not with --serial")
     if args.serial:
         plant = ModbusPlant.rtu(
             units, port=args.serial, baudrate=args.baudrate, parity=args.parity,
             stopbits=args.stopbits, **common,
         )  # fmt: skip
     else:
-        plant = ModbusPlant.tcp(units, host=args.host, port=args.port, **common)
+        plant = ModbusPlant.tcp(
+            units, host=args.host, port=args.port, hostile=args.hostile, **common
+        )
     await serve_until_signal(plant, plant.describe)
 
 

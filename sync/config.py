@@ -37,7 +37,34 @@ MAX_BATCH_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_MEASUREMENT = "millrace"
 
 
-class MqttUplinkConfig(MqttConnection):
+class PublishingConnection(MqttConnection):
+    """A broker this gateway publishes to (the MQTT uplink, the pool's MQTT transport): the
+    port follows TLS, topics sit under a checked prefix, connects and PUBACKs are timed."""
+
+    #: First topic level(s). No wildcards, no leading `$`.
+    topic_prefix: str = "millrace"
+    #: TCP connect, and TLS handshake, and CONNACK: each may take this long.
+    connect_timeout: Duration = 10.0
+    #: Time for all PUBACKs of one batch; beyond it the send is retried.
+    ack_timeout: Duration = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_port(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("port") is None:
+            data = {**data, "port": 8883 if data.get("tls") is not None else 1883}
+        return data
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        problem = _prefix_problem(value)
+        if problem:
+            raise ValueError(f"topic_prefix {value!r}: {problem}")
+        return value
+
+
+class MqttUplinkConfig(PublishingConnection):
     """One MQTT uplink: the central broker, who we are there, and how batches are sent.
 
     `port` defaults to 8883 when `tls` is given, else 1883. `client_id` defaults to
@@ -58,25 +85,6 @@ class MqttUplinkConfig(MqttConnection):
     batch_max_bytes: ByteSize = DEFAULT_BATCH_MAX_BYTES
     #: Publish the retained `.../{equipment}/state` topics.
     retain_state: bool = True
-    #: TCP connect, and TLS handshake, and CONNACK: each may take this long.
-    connect_timeout: Duration = 10.0
-    #: Time for all PUBACKs of one batch; beyond it `send` raises SinkRetry.
-    ack_timeout: Duration = 30.0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_port(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and data.get("port") is None:
-            data = {**data, "port": 8883 if data.get("tls") is not None else 1883}
-        return data
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        problem = _prefix_problem(value)
-        if problem:
-            raise ValueError(f"topic_prefix {value!r}: {problem}")
-        return value
 
     @field_validator("batch_max_bytes")
     @classmethod
@@ -95,6 +103,20 @@ class MqttUplinkConfig(MqttConnection):
         if not 5 <= self.keepalive <= 65535:
             raise ValueError(f"keepalive must be between 5 s and 65535 s (got {self.keepalive:g})")
         return self
+
+
+def http_url(url: str) -> str:
+    """A base URL a token is sent to: http(s), a host, no credentials, query or fragment."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("the url must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("the url has no host")
+    if "@" in parts.netloc:
+        raise ValueError("the url may not carry user:password@; use `token`")
+    if parts.query or parts.fragment:
+        raise ValueError("the url may not carry a query or fragment")
+    return url.strip().rstrip("/")
 
 
 def _prefix_problem(prefix: str) -> str | None:
@@ -147,16 +169,7 @@ class InfluxUplinkConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
-        parts = urlsplit(url.strip())
-        if parts.scheme not in ("http", "https"):
-            raise ValueError("the url must start with http:// or https://")
-        if not parts.hostname:
-            raise ValueError("the url has no host")
-        if "@" in parts.netloc:
-            raise ValueError("the url may not carry user:password@; use `token`")
-        if parts.query or parts.fragment:
-            raise ValueError("the url may not carry a query or fragment")
-        return url.strip().rstrip("/")
+        return http_url(url)
 
     @field_validator("measurement")
     @classmethod
@@ -190,3 +203,94 @@ class OutboxConfig(BaseModel):
     batch_max: int = Field(default=2000, ge=1, le=100_000)
     backoff_initial: Duration = 1.0
     backoff_max: Duration = 60.0
+
+
+#: Hosts a bearer token may be sent to over plain http (the reference pool in tests and demo).
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class PoolMqttConfig(PublishingConnection):
+    """The retained-MQTT alternative to HTTPS for the pool (`transport: mqtt`): availability
+    and machine profiles are retained messages under `topic_prefix`, bookings are read from
+    retained messages the pool publishes there (sync/pool_mqtt.py, sync/pool_api.yaml)."""
+
+    topic_prefix: str = "millrace-pool/v1"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        # The uplink's checks: the pool connection is built as an MqttUplinkConfig.
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        if not 5 <= self.keepalive <= 65535:
+            raise ValueError(f"keepalive must be between 5 s and 65535 s (got {self.keepalive:g})")
+        return self
+
+
+class PoolSyncConfig(BaseModel):
+    """The central matching pool (sync/pool_api.yaml) this gateway shares its machines with.
+
+    ```yaml
+    pool:
+      url: https://pool.example.org
+      token: ${env:POOL_TOKEN}          # role gateway, org = the machines' owner
+      token_org: Demo Cane Cooperative  # what the pool operator put on the token
+    ```
+
+    Availability goes through the store's outbox (readings `<machine>.availability`), so
+    nothing is lost offline; a full snapshot every `snapshot_interval` (and at once after a
+    reconnect) makes the pool converge after any loss; bookings are polled every
+    `sync_interval`, which also keeps the gateway live at the pool (its liveness timeout is
+    900 s)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Base URL of the pool; https, or http to a loopback host (or with `allow_http`).
+    url: str
+    token: SecretStr
+    #: The `org` and `site` the pool operator put on this token: restricted profile fields
+    #: (exact location, serial number, notes) go only for machines whose owner is `token_org`.
+    token_org: str | None = Field(default=None, min_length=1, max_length=128)
+    token_site: str | None = Field(default=None, min_length=1, max_length=128)
+    transport: Literal["https", "mqtt"] = "https"
+    #: Needed for `transport: mqtt`.
+    mqtt: PoolMqttConfig | None = None
+    #: How often bookings are read back and failed registrations retried.
+    sync_interval: Duration = 30.0
+    #: How often the full availability of every machine is sent.
+    snapshot_interval: Duration = 300.0
+    #: How often each machine's status and availability are derived from its points.
+    status_interval: Duration = 1.0
+    #: Days ahead the availability windows cover.
+    horizon_days: int = Field(default=7, ge=1, le=60)
+    #: Whole-request timeout.
+    timeout: Duration = 10.0
+    #: CA bundle (PEM) for an https url; relative to the config file's folder.
+    tls_ca: str | None = None
+    #: Plain http to a host that is not loopback sends the token in clear: say so here.
+    allow_http: bool = False
+    #: Key of the public `owner_ref` hash; None: a random key kept beside the store.
+    owner_ref_key: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return http_url(url)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        parts = urlsplit(self.url)
+        if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS and not self.allow_http:
+            raise ValueError(
+                f"the pool token would travel in clear to {parts.hostname}: use https, or set "
+                f"allow_http: true (got {self.url})"
+            )
+        if self.tls_ca is not None and parts.scheme != "https":
+            raise ValueError("tls_ca is set but the url is not https://")
+        if self.transport == "mqtt" and self.mqtt is None:
+            raise ValueError("transport: mqtt needs an `mqtt:` broker section")
+        if self.snapshot_interval < self.sync_interval:
+            raise ValueError(
+                f"snapshot_interval must be at least sync_interval "
+                f"(got {self.snapshot_interval:g} s < {self.sync_interval:g} s)"
+            )
+        return self

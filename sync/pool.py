@@ -34,6 +34,7 @@ from gateway.errors import SinkError, SinkRetry, SinkThrottle
 from sync.base import OutboxBatch
 from sync.config import PoolSyncConfig
 from sync.pool_client import PoolClient, PoolRefused, PoolRejected
+from sync.pool_mqtt import PoolMqttClient
 
 if TYPE_CHECKING:
     from gateway.sharing import SharingService
@@ -154,7 +155,13 @@ class PoolSync:
         self.sharing = sharing
         self.gateway_id = gateway_id
         self.site = site
-        self.client = PoolClient(config, base_dir=base_dir)
+        self.client: PoolClient | PoolMqttClient
+        if config.transport == "mqtt":  # same methods and errors (sync/pool_mqtt.py)
+            self.client = PoolMqttClient(
+                config, gateway_id=gateway_id, base_dir=base_dir, on_booking=self.poke
+            )
+        else:
+            self.client = PoolClient(config, base_dir=base_dir)
         self.sender = PoolSender(self)
         self._key = owner_ref_key
         self._clock = clock

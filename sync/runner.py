@@ -44,6 +44,9 @@ class RunnerSettings:
     backoff_max: float = 60.0
     #: How long an idle runner waits before looking for new readings again.
     idle_wait: float = 0.1
+    #: Only readings of points whose name ends with this go to the sender (the pool sync
+    #: takes `.availability`); the cursor still passes over the others.
+    point_suffix: str | None = None
 
 
 @dataclass
@@ -134,14 +137,17 @@ class UplinkRunner:
                     if page is not None:
                         await self._attempt(page)
                         continue
-                rows = await self.store.pending(consumer, self.settings.batch_max)
+                rows, upto = await self._next_rows(consumer)
                 if not rows:
-                    await self._idle()
+                    if upto > self.store.cursor(consumer):
+                        await self.store.ack(consumer, upto)
+                    else:
+                        await self._idle()
                     continue
                 self.state = "sending"
                 seq = self.store.consumer_seq(consumer) + 1
                 shown = [r for r in rows if not self._private(r)]
-                batch = OutboxBatch(self.name, seq, self.store.cursor(consumer), rows[-1].id, shown)
+                batch = OutboxBatch(self.name, seq, self.store.cursor(consumer), upto, shown)
                 if shown and not await self._attempt(batch):
                     continue  # the same rows go again, with the same seq
                 await self.store.ack(consumer, batch.last_id, seq)
@@ -155,6 +161,14 @@ class UplinkRunner:
         finally:
             self.state = "stopped"
             self.connected = False
+
+    async def _next_rows(self, consumer: str) -> tuple[list[StoredReading], int]:
+        """The next rows for the sender and the id the cursor may move to once they are sent."""
+        limit = self.settings.batch_max
+        if self.settings.point_suffix:
+            return await self.store.pending_matching(consumer, limit, self.settings.point_suffix)
+        rows = await self.store.pending(consumer, limit)
+        return rows, rows[-1].id if rows else self.store.cursor(consumer)
 
     async def _attempt(self, batch: OutboxBatch) -> bool:
         """Send one batch (regular or replay page). On SinkThrottle wait what the far side

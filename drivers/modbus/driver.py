@@ -13,6 +13,12 @@ order, decoded with the pure codec and emitted as one batch. Failures are classi
 - no answer / connection refused / garbled frame -> the poll fails; after `down_after`
   consecutive failures the unit is DOWN, its points are emitted once as BAD, and it is
   retried with capped exponential backoff and jitter until it answers again.
+
+A garbled frame (bytes arrived but no usable answer: malformed MBAP, wrong length, wrong unit
+id, function code or transaction id, fewer values than asked) says so in `last_error` with the
+first bytes received, is counted in `DeviceHealth.extra["bad_frames"]`, and drops the
+connection: what is left in the receive buffer cannot be trusted to line up with the next
+answer. pymodbus itself only says "no response received" in that case.
 """
 
 from __future__ import annotations
@@ -149,6 +155,7 @@ class ModbusDriver:
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._write_lock = asyncio.Lock()
         self._running = False
+        self._rx_head: bytes | None = None  # first bytes received since the last request
 
     # -- public interface ----------------------------------------------------------------
 
@@ -171,6 +178,8 @@ class ModbusDriver:
                 data_class=p.data_class,
                 writable=p.writable,
                 description=p.description,
+                min=p.min,
+                max=p.max,
             )
             for unit in self._units.values()
             for p in unit.profile.points
@@ -232,6 +241,8 @@ class ModbusDriver:
         if not spec.writable:
             raise WriteRejected(f"device {device} point {point}: not writable")
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN compares false with min and max
+                raise WriteRejected(f"device {device} point {point}: {value} is not finite")
             if spec.min is not None and value < spec.min:
                 raise WriteRejected(f"device {device} point {point}: {value} < min {spec.min}")
             if spec.max is not None and value > spec.max:
@@ -344,6 +355,10 @@ class ModbusDriver:
             else:
                 rr = await client.read_discrete_inputs(req.start, count=req.count, device_id=uid)
         except (TimeoutError, ModbusException, OSError) as exc:
+            head = self._rx_head
+            if head is not None and not isinstance(exc, OSError):
+                detail = f"no valid answer in what it sent ({head.hex(' ')})"
+                raise self._bad_frame(unit, detail) from exc
             raise TransportError(f"{_describe(exc)}") from exc
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
@@ -351,12 +366,27 @@ class ModbusDriver:
         if req.table.is_bits:
             bits = rr.bits
             if len(bits) < req.count:
-                raise TransportError(f"short answer: {len(bits)} bits for {req.count}")
+                raise self._bad_frame(unit, f"short answer: {len(bits)} bits for {req.count}")
             return bits[: req.count]
         regs = rr.registers
         if len(regs) != req.count:
-            raise TransportError(f"short answer: {len(regs)} registers for {req.count}")
+            raise self._bad_frame(unit, f"short answer: {len(regs)} registers for {req.count}")
         return regs
+
+    def _bad_frame(self, unit: _Unit, detail: str) -> TransportError:
+        """Count an unusable answer and drop the connection, whose buffer may still hold the
+        rest of it; the caller raises the returned error (the poll fails as for no answer)."""
+        extra = unit.health.extra
+        extra["bad_frames"] = extra.get("bad_frames", 0.0) + 1
+        if self._client is not None:
+            self._client.close()
+        return TransportError(f"bad frame from unit {unit.config.unit_id}: {detail}")
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus's raw-bytes hook: remembers whether (and what) the peer sent since the
+        last request, so a failed read can tell a garbled answer from silence."""
+        self._rx_head = None if sending else bytes(data[:16])
+        return data
 
     async def _connected(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         client = self._client
@@ -389,6 +419,7 @@ class ModbusDriver:
                 retries=self._retries,
                 reconnect_delay=0,
                 name=self.key,
+                trace_packet=self._trace_packet,
             )
         return AsyncModbusSerialClient(
             cfg.port,
@@ -401,6 +432,7 @@ class ModbusDriver:
             retries=self._retries,
             reconnect_delay=0,
             name=self.key,
+            trace_packet=self._trace_packet,
         )
 
     def _decode(

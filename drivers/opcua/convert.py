@@ -30,6 +30,12 @@ the Modbus driver; a value outside the point's declared min/max is UNCERTAIN.
 Timestamps: `ts_source` is the SourceTimestamp, else the ServerTimestamp, else None (the
 DateTime minimum, 1601-01-01, counts as absent); epoch seconds.
 
+Declared type (`expected`, the built-in type of the node's DataType read at connect): a Good
+value of another kind — a Double node sending a String, ByteString, Boolean or Null — is BAD
+with the reason `wrong type: node is Double, server sent String` (`type_mismatch`). Within a
+kind the width may change (Int32 -> Int64, Float -> Double). Only numbers, Boolean and text are
+checked; an array whose elements have the node's type passes (the value rank is not read).
+
 Write direction (`to_variant`): an engineering value becomes a Variant of the node's built-in
 type, or `WriteRejected` says why not (wrong kind of value, not an integer, outside the type's
 range or the point's min/max, unsupported type). The driver adds the device and point context.
@@ -61,6 +67,7 @@ __all__ = [
     "timestamp",
     "to_value",
     "to_variant",
+    "type_mismatch",
     "variant_type_for_datatype",
 ]
 
@@ -229,6 +236,30 @@ def to_value(value: Any, variant_type: ua.VariantType | None = None) -> Value:
     return _scalar(value)
 
 
+#: Built-in types of one kind: a node of one may send another of the same kind, never of
+#: another kind (a number node sending text is a server whose type changed under us).
+_KINDS: tuple[frozenset[ua.VariantType], ...] = (
+    frozenset(INTEGER_RANGES) | {VT.Float, VT.Double},
+    frozenset({VT.Boolean}),
+    frozenset({VT.String, VT.XmlElement, VT.LocalizedText}),
+)
+
+
+def type_mismatch(variant: ua.Variant | None, expected: ua.VariantType | None) -> str | None:
+    """Why a value cannot be of the node's declared type, or None when it can (or when the
+    declared type is unknown or not one of the checked kinds)."""
+    if expected is None:
+        return None
+    kind = next((k for k in _KINDS if expected in k), None)
+    if kind is None:
+        return None
+    if variant is None or variant.VariantType == VT.Null or variant.Value is None:
+        return f"node is {expected.name}, server sent no value (Null)"
+    if variant.VariantType not in kind:
+        return f"node is {expected.name}, server sent {variant.VariantType.name}"
+    return None
+
+
 def reading_from_datavalue(
     point: str,
     dv: ua.DataValue,
@@ -236,6 +267,7 @@ def reading_from_datavalue(
     *,
     minimum: float | None = None,
     maximum: float | None = None,
+    expected: ua.VariantType | None = None,
 ) -> Reading:
     """A Reading from a DataValue (a read result or a data change notification)."""
     quality, reason = status_quality(dv.StatusCode)
@@ -245,6 +277,9 @@ def reading_from_datavalue(
     if quality is Quality.BAD:
         return Reading(point, None, quality, ts_gateway, ts_source, reason)
     variant = dv.Value
+    problem = type_mismatch(variant, expected)
+    if problem is not None:
+        return Reading(point, None, Quality.BAD, ts_gateway, ts_source, f"wrong type: {problem}")
     value = None if variant is None else to_value(variant.Value, variant.VariantType)
     if isinstance(value, float) and not math.isfinite(value):
         return Reading(point, None, Quality.BAD, ts_gateway, ts_source, f"server sent {value}")

@@ -515,6 +515,8 @@ class OpcuaDriver:
                 data_class=p.spec.data_class,
                 writable=p.spec.writable,
                 description=p.spec.description,
+                min=p.spec.min,
+                max=p.spec.max,
             )
             for p in self._points
         ]
@@ -881,9 +883,7 @@ class OpcuaDriver:
                     p = by_handle.get(item.ClientHandle)
                     if p is None:
                         continue
-                    reading = reading_from_datavalue(
-                        p.id, item.Value, now, minimum=p.spec.min, maximum=p.spec.max
-                    )
+                    reading = self._reading(session, p, item.Value, now)
                     if p.name in session.deadband and not _passes(session, p.name, reading):
                         continue
                     batch.append(reading)
@@ -930,7 +930,7 @@ class OpcuaDriver:
         now = self._clock()
         batch: Batch = []
         for p, dv in zip(points, dvs, strict=True):
-            reading = reading_from_datavalue(p.id, dv, now, minimum=p.spec.min, maximum=p.spec.max)
+            reading = self._reading(session, p, dv, now)
             if p.name in session.deadband and not _passes(session, p.name, reading):
                 continue
             batch.append(reading)
@@ -940,6 +940,20 @@ class OpcuaDriver:
         h.points_read += len(dvs)
         if batch:
             self._emit(batch)
+
+    def _reading(self, session: _Session, p: _Point, dv: ua.DataValue, now: float) -> Reading:
+        """One point's reading, checked against the type its node declared at connect: a
+        value of another kind (the server's type changed) is BAD, counted in
+        `extra["wrong_type"]` and shown as the device's last error."""
+        expected = session.targets[p.name].vtype
+        r = reading_from_datavalue(
+            p.id, dv, now, minimum=p.spec.min, maximum=p.spec.max, expected=expected
+        )
+        if r.quality is Quality.BAD and r.reason is not None and r.reason.startswith("wrong type"):
+            extra = self._health.extra
+            extra["wrong_type"] = extra.get("wrong_type", 0.0) + 1
+            self._health.last_error = f"point {p.name}: {r.reason}"
+        return r
 
     async def _watch(self, session: _Session) -> None:
         """Return never: raise TransportError once the session is lost (see module doc)."""
@@ -1035,7 +1049,7 @@ class OpcuaDriver:
                 reason = f"unresolved: {session.targets[p.name].error}"
                 results.append(ProbeResult(cfg.id, p.name, False, unit=p.spec.unit, reason=reason))
                 continue
-            r = reading_from_datavalue(p.id, dv, now, minimum=p.spec.min, maximum=p.spec.max)
+            r = self._reading(session, p, dv, now)
             results.append(
                 ProbeResult(
                     cfg.id,

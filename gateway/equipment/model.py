@@ -510,30 +510,8 @@ def parse_machine(data: Mapping[str, Any]) -> Machine:
         raise InvalidMachine(problems, machine_id=mid if isinstance(mid, str) else None) from None
 
 
-def from_config_equipment(eq: Any) -> Machine:
-    """A `gateway.config.Equipment` entry (the config's older, smaller shape) as a Machine.
-
-    Only the fields the entry declares are set, so `EquipmentRegistry.seed` lets config win
-    for exactly those. `owner` (text) becomes `owner.org`; a type that is not a MachineType
-    becomes `other`; `data_class: restricted|private` moves every public field there."""
-    declared = eq.model_fields_set
-    data: dict[str, Any] = {"id": eq.id, "device": eq.device}
-    try:
-        data["type"] = MachineType(eq.type)
-    except ValueError:
-        data["type"] = MachineType.OTHER
-    for key in ("name", "make", "model", "points"):
-        if key in declared:
-            data[key] = getattr(eq, key)
-    if "owner" in declared:
-        data["owner"] = {"org": eq.owner}
-    if "location" in declared:
-        data["location"] = eq.location.model_dump(exclude_unset=True)
-    klass = DataClass(getattr(eq, "data_class", DataClass.PUBLIC))
-    if "data_class" in declared and klass is not DataClass.PUBLIC:
-        data["data_classes"] = {
-            k: klass
-            for k, v in DEFAULT_DATA_CLASSES.items()
-            if v is DataClass.PUBLIC or (klass is DataClass.PRIVATE)
-        }
-    return parse_machine(data)
+def from_config_equipment(eq: Machine) -> Machine:
+    """A config `equipment:` entry (`gateway.config.Equipment`, a Machine that also reads
+    older spellings) as a plain Machine with the same fields set, so
+    `EquipmentRegistry.seed` lets config win for exactly the fields the entry declares."""
+    return parse_machine(eq.model_dump(mode="json", exclude_unset=True))

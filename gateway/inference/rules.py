@@ -8,8 +8,12 @@ constant `pi` and the functions `abs`, `min`, `max`, and, for windowed models,
 calls can appear, so evaluating one cannot reach anything but the values handed in.
 
 `compile_rule` checks a rule once (at manifest load, naming the offending part); `Rule.eval`
-then runs it per call at plain-Python speed. Names are the manifest's feature point names
-(after any categorical encoding) or, for health conditions, output reading names.
+then runs it per call at plain-Python speed. Whole-number constants are compiled as floats (all
+but `mean_last`'s row count), so arithmetic is float arithmetic, whose cost is bounded: with
+Python integers `9**9**9` alone would keep a worker busy for minutes. A rule nested deeper than
+the parser can follow is refused as well (RuleError, not RecursionError). Names are the
+manifest's feature point names (after any categorical encoding) or, for health conditions,
+output reading names.
 """
 
 from __future__ import annotations
@@ -126,7 +130,14 @@ def compile_rule(text: str, known: Collection[str], *, window: bool = False) -> 
     if len(text) > MAX_LENGTH:
         raise RuleError(f"a rule is at most {MAX_LENGTH} characters (got {len(text)})")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        return _compile(text.strip(), known, window)
+    except (RecursionError, MemoryError):
+        raise RuleError("a rule is nested too deeply") from None
+
+
+def _compile(text: str, known: Collection[str], window: bool) -> Rule:
+    try:
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise RuleError(f"not an expression: {exc.msg} at column {exc.offset}") from None
     names: set[str] = set()
@@ -140,7 +151,7 @@ def compile_rule(text: str, known: Collection[str], *, window: bool = False) -> 
             raise RuleError(f"only numbers may appear as constants: {_snippet(node)}")
         if isinstance(node, ast.Call):
             uses_window |= _check_call(node, known, window)
-    tree = ast.fix_missing_locations(_WindowArgs().visit(tree))
+    tree = ast.fix_missing_locations(_WindowArgs().visit(_FloatConstants().visit(tree)))
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and not _is_func_name(tree, node):
             if node.id in _CONSTANTS:
@@ -151,7 +162,7 @@ def compile_rule(text: str, known: Collection[str], *, window: bool = False) -> 
                 )
             names.add(node.id)
     code = compile(tree, "<rule>", "eval")
-    return Rule(text.strip(), frozenset(names), uses_window, code)
+    return Rule(text, frozenset(names), uses_window, code)
 
 
 def _check_call(node: ast.Call, known: Collection[str], window: bool) -> bool:
@@ -177,6 +188,26 @@ def _check_call(node: ast.Call, known: Collection[str], window: bool) -> bool:
         if not (isinstance(n, ast.Constant) and isinstance(n.value, int) and n.value >= 1):
             raise RuleError("mean_last(name, n): n must be a whole number >= 1")
     return True
+
+
+class _FloatConstants(ast.NodeTransformer):
+    """Whole numbers become floats, so no rule can build a huge integer (`9**9**9`); only
+    `mean_last`'s row count stays an int (checked by _check_call)."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if isinstance(node.func, ast.Name) and node.func.id in _WINDOW_FUNCS:
+            return node  # its arguments are a name and a row count, no arithmetic
+        self.generic_visit(node)
+        return node
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        if isinstance(node.value, int) and not isinstance(node.value, bool):
+            try:
+                value = float(node.value)
+            except OverflowError:
+                raise RuleError(f"number too large: {_snippet(node)}") from None
+            return ast.copy_location(ast.Constant(value), node)
+        return node
 
 
 class _WindowArgs(ast.NodeTransformer):

@@ -107,6 +107,13 @@ def start_gateway(
     }
     cfg_path = work / "gateway.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
+    # Every endpoint but /health needs a token: scrapes (here and in uplinks.py) send one.
+    from gateway.auth import Role
+    from tests.integration.gwutil import make_token
+
+    opener = urllib.request.build_opener()
+    opener.addheaders = [("Authorization", f"Bearer {make_token(cfg_path, Role.VIEWER)}")]
+    urllib.request.install_opener(opener)
     with (work / "gateway.log").open("w") as gw_log:
         gw = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg_path)],
@@ -348,7 +355,7 @@ def mqtt_workload(name: str, *, rate: float = 2000, machines: int = 30) -> dict[
                 "topics": ["coop/{equipment}/telemetry"],
             }
         ],
-        "equipment": [{"id": i, "type": "farm_machine", "device": "coop"} for i in ids],
+        "equipment": [{"id": i, "type": "tractor", "device": "coop"} for i in ids],
         "store": {"path": str(work / "bench.db"), "max_bytes": "4GiB"},
     }
     procs: list[subprocess.Popen[bytes]] = []
@@ -429,6 +436,7 @@ WORKLOADS: dict[str, Any] = {
     "mqtt": lambda: mqtt_workload("mqtt-farm-2000msg", rate=2000, machines=30),
     "uplinks": uplinks_workload,
     "models": models_workload,
+    "pool": lambda: __import__("tests.bench.pool", fromlist=["x"]).pool_workload(),
 }
 
 
@@ -511,9 +519,10 @@ def main() -> int:
         except Exception as exc:  # one broken workload must not hide the others' figures
             log(f"{key}: failed: {exc}")
             results.append({"name": key, "error": str(exc)})
-    gateway = [r for r in results if r.get("kind") not in ("model", "uplink")]
+    gateway = [r for r in results if r.get("kind") not in ("model", "uplink", "pool")]
     uplinks = [r for r in results if r.get("kind") == "uplink"]
     models = [r for r in results if r.get("kind") == "model"]
+    pools = [r for r in results if r.get("kind") == "pool"]
     print(f"\nMillrace bench on {machine()}")
     if gateway:
         print(f"warm-up {WARMUP:.0f} s, measured {SECONDS:.0f} s per workload\n")
@@ -531,6 +540,16 @@ def main() -> int:
     if models:
         print("\nmodels: batch 1, 1 thread unless noted, after warm-up")
         print(models_table(models))
+    if pools:
+        from tests.bench.pool import CHANGES_PER_HOUR, pool_table
+
+        print(
+            "\npool sync: a status change on a device (Modbus poll 0.2 s) to the pool's record; "
+            "gateway, simulators and pool on one event loop.\nB/machine/hour: bookings read "
+            f"every 30 s + snapshot every 5 min + {CHANGES_PER_HOUR} changes/machine/hour "
+            "(bodies, without HTTP headers)."
+        )
+        print(pool_table(pools))
     if path := os.environ.get("BENCH_JSON"):
         Path(path).write_text(json.dumps(results, indent=2))
         print(f"\nwrote {path}")

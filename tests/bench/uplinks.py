@@ -197,7 +197,7 @@ def uplinks_workload(
                     "topics": ["coop/{equipment}/telemetry"],
                 }
             ],
-            "equipment": [{"id": i, "type": "farm_machine", "device": "coop"} for i in ids],
+            "equipment": [{"id": i, "type": "tractor", "device": "coop"} for i in ids],
             "store": {"path": str(work / "bench.db"), "max_bytes": "4GiB"},
             "uplinks": [
                 {"type": "mqtt", "name": "central", "host": "127.0.0.1", "port": central.port},

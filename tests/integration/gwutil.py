@@ -8,7 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.configload import LoadedConfig, load_config_data
+import httpx
+
+from gateway.auth import Role, TokenStore
+from gateway.auth.tokens import tokens_path
+from gateway.configload import LoadedConfig, load_config, load_config_data
 
 
 def plant_config(
@@ -76,3 +80,38 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check} (last {last!r})")
+
+
+def make_token(
+    config: LoadedConfig | Path | str,
+    role: Role = Role.ADMIN,
+    *,
+    subject: str = "test",
+    org: str | None = None,
+    site: str | None = "",
+) -> str:
+    """A token in the token store the gateway of `config` uses (a LoadedConfig or a config
+    file), of the gateway's org and site unless told otherwise (`site=None`: all sites)."""
+    loaded = config if isinstance(config, LoadedConfig) else load_config(config)
+    ident = loaded.config.gateway
+    store = TokenStore(tokens_path(loaded))
+    try:
+        token, _ = store.create(
+            role,
+            subject=subject,
+            org=ident.org if org is None else org,
+            site=ident.site if site == "" else site,
+        )
+    finally:
+        store.close()
+    return token
+
+
+def auth_headers(config: LoadedConfig | Path | str, role: Role = Role.ADMIN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(config, role)}"}
+
+
+def api_client(gw: Any, role: Role = Role.ADMIN, **kwargs: Any) -> httpx.AsyncClient:
+    """An HTTP client for a running Gateway's API with a fresh token of `role`."""
+    headers = {**auth_headers(gw.loaded, role), **kwargs.pop("headers", {})}
+    return httpx.AsyncClient(base_url=gw.api_url, headers=headers, **kwargs)

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
-
 from gateway.runtime import Gateway
 from simulators.opcua_machine import OpcuaMachineLine
-from tests.integration.gwutil import eventually, plant_config
+from tests.integration.gwutil import api_client, eventually, plant_config
 
 MILL1 = {
     "product_type": "line-1.mill1_product_type",
@@ -45,7 +43,7 @@ async def test_failure_model_runs_on_live_opcua_values_and_is_stored(tmp_path: P
         try:
             base = gw.api_url
             assert base is not None
-            async with httpx.AsyncClient(base_url=base) as http:
+            async with api_client(gw) as http:
 
                 async def runs() -> int:
                     (m,) = (await http.get("/models")).json()

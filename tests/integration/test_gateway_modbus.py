@@ -8,14 +8,13 @@ import math
 import sqlite3
 from pathlib import Path
 
-import httpx
 import pytest
 
 from gateway.errors import DeviceError, WriteRejected
 from gateway.runtime import Gateway
 from simulators.modbus_plant import FaultMode, ModbusPlant
 from simulators.signals import ManualClock
-from tests.integration.gwutil import eventually, plant_config
+from tests.integration.gwutil import api_client, eventually, plant_config
 
 
 @pytest.fixture
@@ -44,7 +43,7 @@ def same(a: object, b: object) -> bool:
 
 async def test_values_flow_from_simulator_to_api(plant: ModbusPlant, tmp_path: Path) -> None:
     loaded = plant_config(tmp_path, plant.port)
-    async with Gateway(loaded) as gw, httpx.AsyncClient(base_url=gw.api_url) as api:
+    async with Gateway(loaded) as gw, api_client(gw) as api:
         expected = {f"pump-1.{k}": v for k, v in plant.units[1].current_values().items()} | {
             f"press-1.{k}": v for k, v in plant.units[2].current_values().items()
         }
@@ -105,7 +104,7 @@ async def test_values_flow_from_simulator_to_api(plant: ModbusPlant, tmp_path: P
 async def test_history_filters_and_bad_requests(plant: ModbusPlant, tmp_path: Path) -> None:
     async with (
         Gateway(plant_config(tmp_path, plant.port)) as gw,
-        httpx.AsyncClient(base_url=gw.api_url) as api,
+        api_client(gw) as api,
     ):
         await eventually(lambda: gw.store.stats().committed > 200, what="readings stored")
         await gw.store.flush()
@@ -137,7 +136,7 @@ async def test_device_that_stops_answering_goes_down_and_comes_back(
 ) -> None:
     async with (
         Gateway(plant_config(tmp_path, plant.port)) as gw,
-        httpx.AsyncClient(base_url=gw.api_url) as api,
+        api_client(gw) as api,
     ):
 
         async def state(dev: str) -> str:

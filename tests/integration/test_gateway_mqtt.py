@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
-
 from gateway.runtime import Gateway
 from simulators.mqtt_farm import MqttFarm
 from tests.integration import mosquitto as _broker
-from tests.integration.gwutil import eventually, plant_config
+from tests.integration.gwutil import api_client, eventually, plant_config
 from tests.integration.mosquitto import Mosquitto
 
 mosquitto = _broker.mosquitto  # fixture: a real broker on a free port
@@ -30,11 +28,11 @@ async def test_farm_fleet_through_the_gateway_with_dead_letters(
         "topics": ["coop/{equipment}/telemetry"],
         "client_id": "millrace-test-gw",
     }
-    equipment = [{"id": m, "type": "farm_machine", "device": "coop-broker"} for m in machines]
+    equipment = [{"id": m, "type": "tractor", "device": "coop-broker"} for m in machines]
     loaded = plant_config(tmp_path, 0, devices=[device], equipment=equipment)
     async with (
         Gateway(loaded) as gw,
-        httpx.AsyncClient(base_url=gw.api_url) as api,
+        api_client(gw) as api,
         MqttFarm("127.0.0.1", mosquitto.port, machines=machines, interval=0.2) as farm,
     ):
 

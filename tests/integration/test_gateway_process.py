@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gateway.auth import Role
 from tests.conftest import free_port
+from tests.integration.gwutil import make_token
 
 MILLRACE = [sys.executable, "-m", "gateway.cli"]
 
@@ -69,8 +72,9 @@ def write_config(tmp_path: Path, port: int, api_port: int, extra: list[dict] | N
     return path
 
 
-def get(url: str) -> bytes:
-    return urllib.request.urlopen(url, timeout=5).read()
+def get(url: str, token: str | None = None) -> bytes:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5).read()
 
 
 def wait_for(check, timeout: float = 20.0, what: str = "") -> object:  # type: ignore[no-untyped-def]
@@ -85,8 +89,8 @@ def wait_for(check, timeout: float = 20.0, what: str = "") -> object:  # type: i
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def committed(api: str) -> int:
-    for line in get(api + "/metrics").decode().splitlines():
+def committed(api: str, token: str) -> int:
+    for line in get(api + "/metrics", token).decode().splitlines():
         if line.startswith("millrace_store_committed_total "):
             return int(float(line.split()[1]))
     raise AssertionError("no committed metric")
@@ -139,9 +143,18 @@ def test_demo_serves_live_values_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         banner = [proc.stdout.readline() for _ in range(2)]
         assert any(f"http://127.0.0.1:{port}" in line for line in banner), banner
         api = f"http://127.0.0.1:{port}"
+        # the demo creates an admin and a viewer token and keeps them in its folder
+        tokens = wait_for(
+            lambda: json.loads((tmp_path / "demo" / "demo-tokens.json").read_text()),
+            what="the demo's tokens",
+        )
+        viewer = tokens["viewer"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get(api + "/points")
+        assert refused.value.code == 401
 
         def good_points() -> list[dict]:
-            pts = json.loads(get(api + "/points"))
+            pts = json.loads(get(api + "/points", viewer))
             return [p for p in pts if p["quality"] == "good"]
 
         first = wait_for(
@@ -150,26 +163,26 @@ def test_demo_serves_live_values_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         )
 
         def protocols_online() -> set[str]:
-            devices = json.loads(get(api + "/devices"))
+            devices = json.loads(get(api + "/devices", viewer))
             return {d["protocol"] for d in devices if d["state"] == "online"}
 
         wait_for(
             lambda: protocols_online() == {"modbus-tcp", "opcua", "mqtt"},
             what="all three protocols online",
         )
-        mill = json.loads(get(api + "/points?equipment=mill-1"))
+        mill = json.loads(get(api + "/points?equipment=mill-1", viewer))
         assert any(p["name"] == "mill1_spindle_speed" and p["quality"] == "good" for p in mill)
         # "mqtt online" may be the grading line; the farm's first message can come later
         wait_for(
             lambda: any(
                 p["name"] == "engine_rpm" and isinstance(p["value"], int)
-                for p in json.loads(get(api + "/points?equipment=tractor-01"))
+                for p in json.loads(get(api + "/points?equipment=tractor-01", viewer))
             ),
             what="a tractor's engine_rpm",
         )
 
         def models_answering() -> list[dict]:
-            models = json.loads(get(api + "/models"))
+            models = json.loads(get(api + "/models", viewer))
             ok = all(m["state"] == "ready" and m["calls"] > 0 for m in models)
             return models if ok and len(models) == 4 else []
 
@@ -181,14 +194,14 @@ def test_demo_serves_live_values_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         (rul,) = wait_for(
             lambda: [
                 m
-                for m in json.loads(get(api + "/models"))
+                for m in json.loads(get(api + "/models", viewer))
                 if m["id"] == "turbine1-rul" and "maintenance_due" in m["active_alarms"]
             ],
             120,
             "the turbine's maintenance_due alarm",
         )
         assert rul["last_values"]["rul_cycles"] <= 30
-        alarm = json.loads(get(api + "/points/turbine1-rul.alarm_maintenance_due"))
+        alarm = json.loads(get(api + "/points/turbine1-rul.alarm_maintenance_due", viewer))
         assert alarm["value"] is True and alarm["reason"] == "model:pdm-rul@1.0.0"
         before = {p["id"]: p["value"] for p in first}
         time.sleep(2.5)
@@ -200,12 +213,19 @@ def test_demo_serves_live_values_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         rc = proc.wait(timeout=30)
     assert rc == 0, proc.stderr.read() if proc.stderr else ""
     assert (tmp_path / "demo" / "millrace-demo.db").exists()
+    # a cooperative posted a demand to the reference pool and got a ranked match from the
+    # machines this gateway registered
+    rest = proc.stdout.read() if proc.stdout else ""
+    assert "ranked matches:" in rest, rest
+    first = next(line for line in rest.splitlines() if "  1. " in line)
+    assert "harvester-01" in first and "recommended" in first, rest
 
 
 def test_kill_9_loses_no_committed_reading(sim_port: int, tmp_path: Path) -> None:
     api_port = free_port()
     cfg = write_config(tmp_path, sim_port, api_port)
     api = f"http://127.0.0.1:{api_port}"
+    token = make_token(cfg, Role.VIEWER)
     db = tmp_path / "gw.db"
     seen_max = 0
     for round_ in range(3):
@@ -213,9 +233,9 @@ def test_kill_9_loses_no_committed_reading(sim_port: int, tmp_path: Path) -> Non
             [*MILLRACE, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
-            wait_for(lambda: committed(api) > 300, what="readings committed")
+            wait_for(lambda: committed(api, token) > 300, what="readings committed")
             time.sleep(0.3 * round_)  # kill at a different moment each round
-            accepted = committed(api)  # the store has committed at least this many now
+            accepted = committed(api, token)  # the store has committed at least this many now
         finally:
             gw.kill()  # SIGKILL: no flush, no shutdown
             gw.wait(timeout=10)
@@ -238,7 +258,7 @@ def test_kill_9_loses_no_committed_reading(sim_port: int, tmp_path: Path) -> Non
         text=True,
     )
     try:
-        wait_for(lambda: committed(api) > 100, what="restart stores again")
+        wait_for(lambda: committed(api, token) > 100, what="restart stores again")
     finally:
         gw.send_signal(signal.SIGTERM)
         rc = gw.wait(timeout=30)

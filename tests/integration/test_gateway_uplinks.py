@@ -14,14 +14,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway.runtime import Gateway
 from simulators.mqtt_farm import MqttFarm
 from tests.integration import mosquitto as _broker
 from tests.integration import victoria as _victoria
-from tests.integration.gwutil import eventually, plant_config
+from tests.integration.gwutil import api_client, eventually, plant_config
 from tests.integration.mosquitto import Mosquitto, MosquittoFactory
 from tests.integration.platform import PlatformSubscriber
 from tests.integration.victoria import VictoriaFactory
@@ -110,7 +109,7 @@ async def test_a_far_side_down_for_a_minute_loses_nothing_and_the_other_keeps_fl
     far: Any = central if down == "central" else vm
     up = "history" if down == "central" else "central"
     try:
-        async with Gateway(loaded) as gw, httpx.AsyncClient(base_url=gw.api_url) as api:
+        async with Gateway(loaded) as gw, api_client(gw) as api:
             await farm.__aenter__()
             try:
                 await asyncio.sleep(5)

@@ -395,3 +395,75 @@ async def test_a_machine_with_a_high_predicted_failure_risk_is_withdrawn(tmp_pat
             assert avail["health"]["failure_risk"] >= 0.5
             assert "failure" in (avail["reason"] or "")
             assert avail["status"] not in ("fault", "offline")  # withdrawn for its health
+
+
+async def test_the_local_api_registers_changes_and_retires_machines_by_role(
+    plant: ModbusPlant, tmp_path: Path
+) -> None:
+    from gateway.auth import Role
+    from tests.integration.gwutil import api_client
+
+    async with CentralPool(
+        port=0, db_path=str(tmp_path / "central-pool.db"), tokens=TOKENS
+    ) as pool:
+        loaded = plant_config(tmp_path, plant.port, pool=pool_section(pool))
+        async with (
+            Gateway(loaded) as gw,
+            api_client(gw, Role.VIEWER) as viewer,
+            api_client(gw, Role.TECHNICIAN) as tech,
+            coop(pool) as them,
+        ):
+            doc = pump_machine()
+            assert (await viewer.post("/equipment", json=doc)).status_code == 403
+            bad = await tech.post("/equipment", json={**doc, "location": {"lat": 95, "lon": 0}})
+            assert bad.status_code == 422
+            assert any("location.lat" in p for p in bad.json()["detail"]["problems"])
+            made = await tech.post("/equipment", json=doc)
+            assert made.status_code == 201, made.text
+            assert made.headers["etag"] == "1"
+            assert (await tech.post("/equipment", json=doc)).status_code == 409
+
+            async def at_pool() -> bool:
+                return await status_at_pool(them, "booster-pump-1") == "working"
+
+            await eventually(at_pool, timeout=15, what="the API-registered pump at the pool")
+            # a viewer of this organisation sees the restricted part, never the contact
+            seen = (await viewer.get("/equipment/booster-pump-1")).json()
+            assert seen["view"] == "restricted"
+            assert seen["machine"]["restricted"]["serial_number"] == "PS-0042"
+            assert "Li Wei" not in json.dumps(seen)
+            assert seen["live"]["status"] == "working"
+            # changes need the version read; a stale one is refused
+            patch = {"sharing": {"shared": True, "weekly": ALL_WEEK, "min_booking_hours": 2}}
+            no_version = await tech.patch("/equipment/booster-pump-1", json=patch)
+            assert no_version.status_code == 428
+            stale = await tech.patch(
+                "/equipment/booster-pump-1", json=patch, headers={"If-Match": "7"}
+            )
+            assert stale.status_code == 409 and stale.json()["detail"]["current_version"] == 1
+            ok = await tech.patch(
+                "/equipment/booster-pump-1", json=patch, headers={"If-Match": "1"}
+            )
+            assert ok.status_code == 200 and ok.headers["etag"] == "2"
+
+            async def version_two() -> bool:
+                view = await pool_state(them, "booster-pump-1")
+                return (view or {}).get("version") == 2
+
+            await eventually(version_two, timeout=10, what="the new profile at the pool")
+            gone = await tech.delete("/equipment/booster-pump-1", headers={"If-Match": "2"})
+            assert gone.status_code == 200 and gone.json()["retired"] is True
+
+            async def retired_there() -> bool:
+                view = await pool_state(them, "booster-pump-1")
+                return bool(view and view["retired"])
+
+            await eventually(retired_there, timeout=10, what="retired at the pool")
+            wanted = {"equipment.add", "equipment.update", "equipment.retire"}
+            wanted |= {"pool.register", "pool.retire", "pool.snapshot", "pool.availability"}
+
+            def audited() -> set[str]:
+                return wanted - {e.action for e in gw.audit.entries(limit=1000)}
+
+            await eventually(lambda: not audited(), timeout=5, what="audit entries")
+            assert gw.audit.verify().ok

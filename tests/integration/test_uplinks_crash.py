@@ -34,7 +34,7 @@ from gateway.runtime import Gateway
 from simulators.mqtt_farm import MqttFarm, machine_ids
 from tests.conftest import free_port
 from tests.integration import mosquitto as _broker
-from tests.integration.gwutil import eventually, plant_config
+from tests.integration.gwutil import api_client, auth_headers, eventually, plant_config
 from tests.integration.mosquitto import Mosquitto, MosquittoFactory
 from tests.integration.platform import PlatformSubscriber
 
@@ -245,7 +245,7 @@ async def test_kill_9_mid_flight_then_restart_loses_nothing(
     sub = PlatformSubscriber(central, client_id="platform-crash-test")
     kills: list[dict[str, Any]] = []
     try:
-        async with httpx.AsyncClient() as api:
+        async with httpx.AsyncClient(headers=auth_headers(cfg)) as api:
             gw.start()
             await _wait(lambda: gw.uplink(api), 30, "the gateway's API")
             await farm.start()
@@ -386,7 +386,7 @@ async def test_replay_resends_a_time_range_marked_as_replay(
     sub = PlatformSubscriber(central, client_id="platform-replay-test")
     farm = MqttFarm("127.0.0.1", intake.port, machines=machines, interval=0.1)
     try:
-        async with Gateway(loaded) as gw, httpx.AsyncClient(base_url=gw.api_url) as api:
+        async with Gateway(loaded) as gw, api_client(gw) as api:
             try:
                 await farm.start()
                 t0 = float(math.ceil(time.time() + 0.5))  # whole seconds: exact as ISO text
@@ -472,7 +472,7 @@ async def test_private_points_never_leave(
     sub = PlatformSubscriber(central, client_id="platform-private-test")
     farm = MqttFarm("127.0.0.1", intake.port, machines=machines, interval=0.1)
     try:
-        async with Gateway(loaded) as gw, httpx.AsyncClient(base_url=gw.api_url) as api:
+        async with Gateway(loaded) as gw, api_client(gw) as api:
             try:
                 await farm.start()
 

@@ -233,17 +233,43 @@ def test_the_demo_configs_equipment_converts() -> None:
     assert by_id["booster-pump-1"].location.lat == 22.8170
     assert by_id["cane-press-1"].type is MachineType.SUGARCANE_PRESS
     assert by_id["cane-press-1"].points[0] == "roller_speed"
-    assert all(not m.sharing.shared for m in machines)  # sharing is opt-in
+    # sharing is opt-in: the demo shares two harvesters and a tractor, nothing else
+    assert sorted(m.id for m in machines if m.sharing.shared) == [
+        "harvester-01",
+        "harvester-02",
+        "tractor-01",
+    ]
     # only what the entry declares is set, so seeding lets config win for exactly that
-    assert by_id["tractor-01"].model_fields_set == {"id", "device", "type", "owner"}
+    assert by_id["tractor-02"].model_fields_set == {"id", "device", "type", "owner"}
 
 
-def test_an_unknown_config_type_becomes_other_and_data_class_moves_fields() -> None:
-    eq = Equipment(id="x-1", type="windmill", device="d", data_class=DataClass.RESTRICTED)
+def test_an_unknown_config_type_is_refused_and_data_class_moves_fields() -> None:
+    with pytest.raises(ValueError, match="type"):
+        Equipment.model_validate({"id": "x-1", "type": "windmill", "device": "d"})
+    eq = Equipment.model_validate(
+        {"id": "x-1", "type": "other", "device": "d", "data_class": "restricted"}
+    )
     m = from_config_equipment(eq)
     assert m.type is MachineType.OTHER
     assert m.classes["make"] is DataClass.RESTRICTED
     assert m.classes["owner.phone"] is DataClass.PRIVATE
+    with pytest.raises(ValueError, match="data_class must be public, restricted or private"):
+        Equipment.model_validate({"id": "x-1", "type": "other", "device": "d", "data_class": "x"})
+
+
+def test_the_config_takes_the_full_machine_shape() -> None:
+    eq = Equipment.model_validate(
+        {
+            **machine_data(),
+            "sharing": {
+                "shared": True,
+                "weekly": [{"days": ["mon"], "start": "06:00", "end": "18:00"}],
+            },
+        }
+    )
+    m = from_config_equipment(eq)
+    assert m.sharing.shared and m.sharing.weekly[0].start == "06:00"
+    assert m.model_fields_set == eq.model_fields_set
 
 
 def test_machines_are_frozen() -> None:
