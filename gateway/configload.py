@@ -115,6 +115,12 @@ def load_config_data(
     problems.extend(_cross_check(data, profiles, broken))
     if config is not None:
         problems.extend(_status_rules(config, profiles))
+        if config.pool is not None:
+            problems += [
+                f"uplinks.{i}.name: `pool` is the pool sync's own outbox consumer (got pool)"
+                for i, u in enumerate(config.uplinks)
+                if u.name == "pool"
+            ]
 
     if problems or config is None:
         raise ConfigError(_dedupe(problems) or ["(file): invalid configuration"])
@@ -306,7 +312,9 @@ def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str
     problems += _duplicates("models", models)
     uplinks = [(i, {**u, "id": u.get("name")}) for i, u in _items(data.get("uplinks"))]
     problems += [p.replace(".id:", ".name:") for p in _duplicates("uplinks", uplinks)]
-    taken = {d.get("id") for _, d in devices} | {e.get("id") for _, e in equipment}
+    # Any field may hold any YAML value here (pass 2 reports wrong types); only strings and
+    # numbers are looked up, so a list where an id belongs cannot crash the checks.
+    taken = {d["id"] for _, d in [*devices, *equipment] if isinstance(d.get("id"), str)}
     for i, mb in models:
         if isinstance(mb.get("id"), str) and mb["id"] in taken:
             problems.append(
@@ -321,7 +329,7 @@ def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str
         if isinstance(dev.get("id"), str):
             by_id.setdefault(dev["id"], dev)
         name = dev.get("profile")
-        proto = dev.get("protocol")
+        proto = dev.get("protocol") if isinstance(dev.get("protocol"), str) else None
         if isinstance(name, str) and _is_name(name):
             profile = profiles.get(name)
             if profile is None and name not in broken:
@@ -345,7 +353,8 @@ def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str
                 )
         key = _connection_key(dev)
         if key is not None and dev.get("enabled", True) is not False:
-            unit = (key, dev.get("unit_id", 1))
+            unit_id = dev.get("unit_id", 1)
+            unit = (key, unit_id if isinstance(unit_id, int | str) else repr(unit_id))
             if unit in units:
                 problems.append(
                     f"devices.{i}.unit_id: unit {unit[1]} on {key} is already used by "
@@ -373,7 +382,8 @@ def _cross_check(data: dict[str, Any], profiles: dict[str, Any], broken: set[str
         if dev is None:
             problems.append(f"equipment.{i}.device: no device with this id (got {dev_id})")
             continue
-        profile = profiles.get(dev.get("profile", ""))
+        name = dev.get("profile")
+        profile = profiles.get(name) if isinstance(name, str) else None
         if profile is None:
             continue
         known = {p.name for p in profile.points}

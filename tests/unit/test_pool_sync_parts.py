@@ -110,3 +110,18 @@ def test_the_pool_config_refuses_a_token_in_clear_and_odd_intervals() -> None:
         PoolSyncConfig(url="https://p.example", token="t", sync_interval=60, snapshot_interval=30)
     with pytest.raises(ValueError, match="needs an `mqtt:` broker section"):
         PoolSyncConfig(url="https://p.example", token="t", transport="mqtt")
+
+
+def test_an_uplink_may_not_take_the_pool_syncs_name(tmp_path: Path) -> None:
+    from gateway.configload import load_config_data
+    from gateway.errors import ConfigError
+
+    data = {
+        "gateway": {"id": "g", "site": "s"},
+        "uplinks": [{"type": "mqtt", "name": "pool", "host": "127.0.0.1"}],
+        "pool": {"url": "http://127.0.0.1:8400", "token": "t"},
+    }
+    with pytest.raises(ConfigError, match="uplinks.0.name: `pool` is the pool sync's own"):
+        load_config_data(data, base_dir=tmp_path)
+    del data["pool"]
+    assert load_config_data(data, base_dir=tmp_path).config.uplinks[0].name == "pool"

@@ -1,0 +1,1 @@
+"""Test tools that are not fixtures: the fault-injecting TCP proxy (`faultproxy`)."""
