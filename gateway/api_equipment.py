@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Request
+from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from gateway.auth import Principal, Technician, Viewer
@@ -182,9 +182,9 @@ async def update_equipment(
     who: Technician,
     machine_id: str,
     if_match: Annotated[str | None, Header()] = None,
-    _doc: Annotated[dict[str, Any] | None, Body(description="fields to change")] = None,
 ) -> JSONResponse:
-    """Merge a partial document into the machine (mappings key by key, lists replaced)."""
+    """Merge a partial JSON document into the machine (mappings key by key, lists replaced).
+    The body is read after the token is checked, so a caller without one learns nothing."""
     gw = _gw(request)
     version = _version(if_match)
     patch = await _body(request)

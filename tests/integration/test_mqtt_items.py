@@ -372,7 +372,7 @@ async def test_build_drivers_hands_the_item_sink_to_the_mqtt_driver(
                     "items": [ITEMS[1]],  # items only: no telemetry topic
                 }
             ],
-            "equipment": [{"id": LINE, "type": "grading_line", "device": "packhouse"}],
+            "equipment": [{"id": LINE, "type": "fruit_grading_line", "device": "packhouse"}],
         },
         base_dir=tmp_path,
     )

@@ -45,6 +45,14 @@ UPLINK = "central"
 BATCH_MAX = 500
 KILLS = 3
 
+#: The farm simulator's kinds as registry machine types.
+MACHINE_TYPES = {"tractor": "tractor", "harvester": "sugarcane_harvester", "drone": "drone_sprayer"}
+
+
+def _machine(machine_id: str) -> dict[str, str]:
+    kind = MACHINE_TYPES[machine_id.split("-")[0]]
+    return {"id": machine_id, "type": kind, "device": "coop-broker"}
+
 
 # -- the platform's side ------------------------------------------------------------------------
 
@@ -182,9 +190,7 @@ def _process_config(tmp_path: Path, intake: Mosquitto, central: Mosquitto, api_p
                 "client_id": "millrace-crash-intake",
             }
         ],
-        "equipment": [
-            {"id": m, "type": m.split("-")[0], "device": "coop-broker"} for m in machines
-        ],
+        "equipment": [_machine(m) for m in machines],
         "uplinks": [
             {
                 "type": "mqtt",
@@ -379,7 +385,7 @@ async def test_replay_resends_a_time_range_marked_as_replay(
         tmp_path,
         0,
         devices=[_farm_device(intake, "farm-machinery")],
-        equipment=[{"id": m, "type": m.split("-")[0], "device": "coop-broker"} for m in machines],
+        equipment=[_machine(m) for m in machines],
         uplinks=[_central(central)],
         outbox={"batch_max": BATCH_MAX, "backoff_initial": 0.2, "backoff_max": 1},
     )
@@ -490,8 +496,9 @@ async def test_private_points_never_leave(
     finally:
         sub.close()
     private = [r for r in rows if r.point.endswith(".lat")]
-    public = [r for r in rows if r.point.endswith(".engine_rpm")]
-    assert private and public
+    # everything else leaves: engine_rpm, and the machines' sharing status readings
+    public = [r for r in rows if not r.point.endswith(".lat")]
+    assert private and any(r.point.endswith(".engine_rpm") for r in public)
     assert u["withheld_private"] == len(private) > 0
     assert u["sent"] == len(public)
     got = [x for b in sub.batches() for x in b["readings"]]
