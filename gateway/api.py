@@ -536,7 +536,7 @@ def create_app(gw: "Gateway") -> FastAPI:
     @app.get("/audit", response_model=AuditPage)
     async def audit(
         who: Admin,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         action: Annotated[str | None, Query(max_length=64)] = None,
     ) -> AuditPage:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from gateway.auth import Principal, Technician, Viewer
@@ -133,13 +133,17 @@ async def get_equipment(request: Request, who: Viewer, machine_id: str) -> JSONR
 
 @router.get("/equipment/{machine_id}/history")
 async def equipment_history(
-    request: Request, who: Viewer, machine_id: str, after: int = 0, limit: int = 100
+    request: Request,
+    who: Viewer,
+    machine_id: str,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """Who changed the machine, when, and which fields (values are not repeated here)."""
     gw = _gw(request)
     if machine_id not in gw.sharing.live:
         raise HTTPException(404, f"no machine {machine_id!r}")
-    changes = await gw.sharing.registry.changes(machine_id, after=after, limit=min(limit, 1000))
+    changes = await gw.sharing.registry.changes(machine_id, after=after, limit=limit)
     return [c.__dict__ | {"fields": list(c.fields)} for c in changes]
 
 

@@ -34,8 +34,18 @@ class InputError(ValueError):
     """The item or row cannot become a model input; the message says why (it reaches events)."""
 
 
+#: Inputs are float32: a finite float64 beyond this (1e39 in a JSON record) would reach the
+#: model as inf, so it counts as a value the model cannot take.
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _usable(f: float) -> float | None:
+    return f if math.isfinite(f) and abs(f) <= _F32_MAX else None
+
+
 def encode(value: Value, mapping: dict[str, float] | None) -> float | None:
-    """One value as the model's float, or None when the model cannot take it."""
+    """One value as the model's float, or None when the model cannot take it (not a
+    number, NaN or infinite, or too large for float32)."""
     if mapping is not None:
         if isinstance(value, str):
             return mapping.get(value.strip())
@@ -43,14 +53,15 @@ def encode(value: Value, mapping: dict[str, float] | None) -> float | None:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float):
-        f = float(value)
-        return f if math.isfinite(f) else None
+        try:
+            return _usable(float(value))
+        except OverflowError:  # an int beyond any float
+            return None
     if isinstance(value, str):
         try:
-            f = float(value)
+            return _usable(float(value))
         except ValueError:
             return None
-        return f if math.isfinite(f) else None
     return None
 
 

@@ -121,7 +121,7 @@ def test_an_uplink_may_not_take_the_pool_syncs_name(tmp_path: Path) -> None:
         "uplinks": [{"type": "mqtt", "name": "pool", "host": "127.0.0.1"}],
         "pool": {"url": "http://127.0.0.1:8400", "token": "t"},
     }
-    with pytest.raises(ConfigError, match="uplinks.0.name: `pool` is the pool sync's own"):
+    with pytest.raises(ConfigError, match=r"uplinks\.0\.name: `pool` is the pool sync's own"):
         load_config_data(data, base_dir=tmp_path)
     del data["pool"]
     assert load_config_data(data, base_dir=tmp_path).config.uplinks[0].name == "pool"
