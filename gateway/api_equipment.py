@@ -14,6 +14,7 @@ an admin of this site the whole record (owner contact included).
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
@@ -101,8 +102,6 @@ async def _body(request: Request) -> dict[str, Any]:
     if len(raw) > MAX_MACHINE_BYTES:
         raise HTTPException(413, f"a machine document is at most {MAX_MACHINE_BYTES} bytes")
     try:
-        import json
-
         doc = json.loads(raw)
     except ValueError as exc:
         raise HTTPException(400, f"not JSON: {exc}") from None

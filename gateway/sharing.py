@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -242,8 +243,8 @@ class SharingService:
 
     # -- evaluation -------------------------------------------------------------------------
 
-    def _device_online(self, machine: Machine) -> bool:
-        states = {h.device: str(h.state) for h in self.gw.device_health()}
+    @staticmethod
+    def _device_online(machine: Machine, states: dict[str, str]) -> bool:
         own = states.get(machine.id)  # MQTT: the machine's own entry
         if own is not None:
             return own == "online"
@@ -255,7 +256,9 @@ class SharingService:
             now = self.clock()
             latest = self.gw.latest
             engine_status = self.gw.engine.status()
+            states = {h.device: str(h.state) for h in self.gw.device_health()}
             out: list[Reading] = []
+            changed: list[tuple[MachineLive, Status, str]] = []
             for ml in self.live.values():
                 if ml.record.retired:
                     continue
@@ -264,27 +267,29 @@ class SharingService:
                     m, {pid: r for pid in ml.point_ids if (r := latest.get(pid)) is not None}
                 )
                 status, reason = derive_status(
-                    m, values, now, self._device_online(m), rules=ml.rules
+                    m, values, now, self._device_online(m, states), rules=ml.rules
                 )
                 health = health_from_engine(m, engine_status)
                 avail = availability(
                     m,
                     (status, reason),
                     health,
-                    [(s, e) for s, e in self.ledger.blocked(m.id, now)],
+                    self.ledger.blocked(m.id, now),
                     now,
                     self.horizon_days,
                 )
                 fp = avail.fingerprint()
-                ml.health, ml.availability = health, avail
-                if fp == ml.fingerprint and status is ml.status:
-                    ml.status_reason = reason
-                    continue
-                seq = await self.ledger.next_seq(m.id)
-                ml.status, ml.status_reason, ml.fingerprint = status, reason, fp
-                ml.update = self._update(m.id, seq, now, avail)
-                ml.changed_at = now
-                out += self._readings(m.id, ml, now)
+                ml.health, ml.availability, ml.status_reason = health, avail, reason
+                if fp != ml.fingerprint or status is not ml.status:
+                    changed.append((ml, status, fp))
+            # one ledger transaction for every machine that changed
+            seqs = await self.ledger.next_seqs(ml.machine.id for ml, _, _ in changed)
+            for ml, status, fp in changed:
+                mid = ml.machine.id
+                assert ml.availability is not None
+                ml.status, ml.fingerprint, ml.changed_at = status, fp, now
+                ml.update = self._update(mid, seqs[mid], now, ml.availability)
+                out += self._readings(mid, ml, now)
             self.evaluations += 1
         if out:
             self.gw.bus.publish(out)
@@ -428,8 +433,8 @@ def owner_ref_key(folder: Path, configured: bytes | None) -> bytes:
         raise EquipmentError(f"{path}: not a hex key ({exc}); delete it to make a new one") from exc
     key = secrets.token_bytes(32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = path.open("x", encoding="ascii")
-    with fd:
-        path.chmod(0o600)
-        fd.write(key.hex())
+    # created 0600 in one step: never readable by others, not even for a moment
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(key.hex())
     return key

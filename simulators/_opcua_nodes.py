@@ -1,15 +1,17 @@
 """What the OPC UA simulators share: how a variable is declared, added to the address space
-with the properties real machines carry (Description, EngineeringUnits, EURange), and what the
-gateway will read back for it. The machine line and the cogeneration turbine both build their
-address spaces from these, so a change in how a node looks is made once.
+with the properties real machines carry (Description, EngineeringUnits, EURange), what the
+gateway will read back for it, and how a server is (re)started and stopped on the same port.
+The machine line and the cogeneration turbine both use these, so a change in how a node looks
+or how a restart behaves is made once.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from asyncua import ua
+from asyncua import Server, ua
 from asyncua.common.node import Node
 from asyncua.common.utils import Buffer
 from asyncua.ua.ua_binary import variant_from_binary, variant_to_binary
@@ -83,3 +85,27 @@ def gateway_value(vtype: ua.VariantType, value: Any) -> Value:
     decoded as on the wire (a Float is float32), then converted like the driver does."""
     received = variant_from_binary(Buffer(variant_to_binary(ua.Variant(value, vtype))))
     return to_value(received.Value, received.VariantType)
+
+
+async def listen(server: Server, host: str, port: int) -> int:
+    """Start (or restart) listening on `host:port`; returns the real port (port 0: any).
+
+    Server.start() adds its endpoints again on every start, so a restart clears them first
+    and never piles them up."""
+    server.iserver.endpoints.clear()
+    server._policies.clear()
+    server.set_endpoint(f"opc.tcp://{host}:{port}/")
+    await server.start()
+    if port == 0:
+        assert server.bserver is not None
+        port = int(server.bserver.port)  # type: ignore[arg-type]
+    return port
+
+
+async def stop_listening(server: Server) -> None:
+    """Stop as a restarting machine does: sessions with subscriptions outlive their TCP
+    connection in asyncua (Part 4 §6.7); a restarted server has none, so close them."""
+    for session in list(server.iserver._external_sessions.values()):
+        with contextlib.suppress(Exception):
+            await session.close_session()
+    await server.stop()

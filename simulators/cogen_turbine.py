@@ -90,7 +90,7 @@ from asyncua.common.node import Node
 
 from gateway.readings import Value
 from simulators._cli import run_cli, serve_until_signal
-from simulators._opcua_nodes import Var, add_variable, gateway_value
+from simulators._opcua_nodes import Var, add_variable, gateway_value, listen, stop_listening
 from simulators._service import Service
 
 __all__ = [
@@ -526,14 +526,7 @@ class CogenTurbinePlant(Service):
         if self._server is None:
             self._server = await self._new_server()
             await self._populate(self._server)
-        # Server.start() adds its endpoints again on every start; a restart must not pile up.
-        self._server.iserver.endpoints.clear()
-        self._server._policies.clear()
-        self._server.set_endpoint(self.endpoint)
-        await self._server.start()
-        if self._port == 0:
-            assert self._server.bserver is not None
-            self._port = int(self._server.bserver.port)  # type: ignore[arg-type]
+        self._port = await listen(self._server, self.host, self._port)
         self._running = True
         await self._publish()
         if self.cycle_period is not None:
@@ -549,14 +542,8 @@ class CogenTurbinePlant(Service):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        server = self._server
-        assert server is not None
-        # Sessions with subscriptions outlive their TCP connection in asyncua; a restarted
-        # server has none, so close them.
-        for session in list(server.iserver._external_sessions.values()):
-            with contextlib.suppress(Exception):
-                await session.close_session()
-        await server.stop()
+        assert self._server is not None
+        await stop_listening(self._server)
 
     async def close(self) -> None:
         await self.stop()

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import io
 import json
@@ -69,7 +68,6 @@ import logging
 import random
 import re
 import sys
-import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -81,7 +79,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image, ImageDraw, ImageFilter
 
-from simulators._acks import PubackTracker
+from simulators._acks import QosLink
 from simulators._cli import run_cli, stop_event
 from simulators._service import Service
 
@@ -305,13 +303,6 @@ def fruit_payload(item_id: str, ts_ms: int, row: FruitRow) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Link:
-    connected: threading.Event = field(default_factory=threading.Event)
-    answered: threading.Event = field(default_factory=threading.Event)  # CONNACK, good or bad
-    error: str | None = None
-
-
 class GradingLine(Service):
     """The two stations and their one MQTT client; an async context manager (see module
     docstring). Rates of 0 turn a station's own loop off; `publish_*` still work."""
@@ -358,9 +349,7 @@ class GradingLine(Service):
         self.last_fruit: dict[str, Any] | None = None
         self.last_image: tuple[str, ImageItem] | None = None
         self._seq = 0
-        self._pubacks = PubackTracker()
         self._tasks: list[asyncio.Task[None]] = []
-        self._link = _Link()
         v5 = mqtt_version == "5"
         self._v5 = v5
         self.mqtt_version = mqtt_version
@@ -373,9 +362,7 @@ class GradingLine(Service):
         self._client.reconnect_delay_set(1, 2)
         if username is not None:
             self._client.username_pw_set(username, password)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
+        self._link = QosLink(self._client, qos, name=f"grading line {line}")
         self._started = False
 
     # -- what ---------------------------------------------------------------------------------
@@ -421,14 +408,12 @@ class GradingLine(Service):
         self._started = True
         self._client.connect_async(self.host, self.port, keepalive=30)
         self._client.loop_start()
-        if wait is not None:
-            await asyncio.to_thread(self._link.answered.wait, wait)
-            if not self._link.connected.is_set():
-                error = self._link.error or "no answer"
-                await self.stop()
-                raise ConnectionError(
-                    f"grading line: broker at {self.host}:{self.port} not usable ({error})"
-                )
+        if wait is not None and not await self._link.wait_connected(wait):
+            error = self._link.error or "no answer"
+            await self.stop()
+            raise ConnectionError(
+                f"grading line: broker at {self.host}:{self.port} not usable ({error})"
+            )
         status_rate = 1.0 / self.status_interval if self.status_interval else 0.0
         for name, rate, publish in (
             ("fruit", self.fruit_rate, self.publish_fruit),
@@ -449,11 +434,7 @@ class GradingLine(Service):
         if not self._started:
             return
         self._started = False
-        if drain and self._link.connected.is_set():
-            with contextlib.suppress(TimeoutError):
-                await self.drain(timeout=drain)
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        await self._link.close(drain)
         _log.info(
             "grading line %s stopped: %d fruit, %d images, %d not acknowledged",
             self.line,
@@ -508,11 +489,11 @@ class GradingLine(Service):
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until the broker acknowledged every QoS 1 message sent so far."""
-        await self._pubacks.drain(timeout)
+        await self._link.pubacks.drain(timeout)
 
     @property
     def unacknowledged(self) -> int:
-        return self._pubacks.unacknowledged
+        return self._link.pubacks.unacknowledged
 
     def _next_id(self) -> str:
         self._seq += 1
@@ -524,9 +505,7 @@ class GradingLine(Service):
             self.truth.popitem(last=False)
 
     def _send(self, topic: str, payload: bytes) -> None:
-        info = self._client.publish(topic, payload, qos=self.qos)
-        if self.qos:
-            self._pubacks.sent(info.mid)
+        self._link.send(topic, payload)
 
     async def _station(self, rate: float, publish: Callable[[], object]) -> None:
         loop = asyncio.get_running_loop()
@@ -538,24 +517,6 @@ class GradingLine(Service):
             if delay < 0:  # fell behind: skip items rather than burst
                 next_at, delay = loop.time(), 0.0
             await asyncio.sleep(delay)
-
-    # paho callbacks (paho's thread)
-
-    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if reason.is_failure:
-            self._link.error = str(reason)
-            _log.warning("grading line %s: broker refused: %s", self.line, reason)
-        else:
-            self._link.error = None
-            self._link.connected.set()
-        self._link.answered.set()
-
-    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        self._link.connected.clear()
-        self._link.error = str(reason)
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
-        self._pubacks.acked(mid)
 
 
 def _fruit_rows(dataset: str | Path | None, seed: int) -> tuple[list[FruitRow], Path | None]:

@@ -47,11 +47,10 @@ import math
 import random
 import ssl
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -59,7 +58,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from simulators._acks import PubackTracker
+from simulators._acks import QosLink
 from simulators._cli import run_cli, stop_event
 from simulators._service import Service
 
@@ -353,12 +352,6 @@ def malformed_payload(kind: str, good: dict[str, Any], ts: float) -> bytes:
     raise ValueError(f"unknown malformed kind {kind!r}; one of {', '.join(MALFORMED_KINDS)}")
 
 
-@dataclass
-class _Link:
-    connected: threading.Event = field(default_factory=threading.Event)
-    error: str | None = None
-
-
 class MqttFarm(Service):
     """The fleet and its one MQTT client; an async context manager (see module docstring)."""
 
@@ -401,14 +394,9 @@ class MqttFarm(Service):
         self.last: dict[str, dict[str, Any]] = {}
         self._rng = random.Random(f"{seed}:farm")
         self._sim_t: float | None = None
-        # QoS 1 message ids sent and not acknowledged yet. Tracked through on_publish, not
-        # MQTTMessageInfo.is_published(): that raises forever for a message published while
-        # disconnected, even after paho resent it and the broker acknowledged it.
-        self._pubacks = PubackTracker()
         self._task: asyncio.Task[None] | None = None
         self._paused = asyncio.Event()
         self._paused.set()  # set = publishing
-        self._link = _Link()
         v5 = mqtt_version == "5"
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -424,9 +412,10 @@ class MqttFarm(Service):
             self._client.username_pw_set(username, password)
         if tls_ca is not None:
             self._client.tls_set_context(ssl.create_default_context(cafile=tls_ca))
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
+        # QoS 1 message ids are tracked through on_publish, not
+        # MQTTMessageInfo.is_published(): that raises forever for a message published while
+        # disconnected, even after paho resent it and the broker acknowledged it.
+        self._link = QosLink(self._client, qos, name="farm simulator")
         self._props: Properties | None = None
         if v5:
             self._props = Properties(PacketTypes.CONNECT)
@@ -450,13 +439,11 @@ class MqttFarm(Service):
             properties=self._props,
         )
         self._client.loop_start()
-        if wait is not None:
-            ok = await asyncio.to_thread(self._link.connected.wait, wait)
-            if not ok:
-                await self.stop()
-                raise ConnectionError(
-                    f"farm simulator: no broker at {self.host}:{self.port} ({self._link.error})"
-                )
+        if wait is not None and not await self._link.wait_connected(wait):
+            await self.stop()
+            raise ConnectionError(
+                f"farm simulator: no broker at {self.host}:{self.port} ({self._link.error})"
+            )
         if self.interval > 0 or self.rate:
             self._task = asyncio.create_task(self._publish_loop(), name="mqtt-farm-publisher")
 
@@ -471,11 +458,7 @@ class MqttFarm(Service):
         if not self._started:
             return
         self._started = False
-        if drain and self._link.connected.is_set():
-            with contextlib.suppress(TimeoutError):
-                await self.drain(timeout=drain)
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        await self._link.close(drain)
 
     @property
     def connected(self) -> bool:
@@ -516,12 +499,12 @@ class MqttFarm(Service):
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until the broker acknowledged every QoS 1 message sent so far."""
-        await self._pubacks.drain(timeout)
+        await self._link.pubacks.drain(timeout)
 
     @property
     def unacknowledged(self) -> int:
         """QoS 1 messages sent (or queued while disconnected) and not acknowledged yet."""
-        return self._pubacks.unacknowledged
+        return self._link.pubacks.unacknowledged
 
     def _publish_machine(self, machine: Machine, now: float) -> None:
         if self.malformed_rate and self._rng.random() < self.malformed_rate:
@@ -533,9 +516,7 @@ class MqttFarm(Service):
         self.published[machine.id] += 1
 
     def _send(self, topic: str, payload: bytes) -> None:
-        info = self._client.publish(topic, payload, qos=self.qos)
-        if self.qos:
-            self._pubacks.sent(info.mid)
+        self._link.send(topic, payload)
 
     async def _publish_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -573,22 +554,6 @@ class MqttFarm(Service):
                 _log.warning("farm bench cannot keep up with %s msg/s", rate)
                 sent = due
             await asyncio.sleep(0.005)
-
-    # paho callbacks (paho's thread)
-
-    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if reason.is_failure:
-            self._link.error = str(reason)
-        else:
-            self._link.error = None
-            self._link.connected.set()
-
-    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        self._link.connected.clear()
-        self._link.error = str(reason)
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
-        self._pubacks.acked(mid)
 
 
 # --------------------------------------------------------------------------------------------

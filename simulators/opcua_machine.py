@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import datetime as dt
 import logging
@@ -101,7 +100,7 @@ from cryptography.hazmat.primitives import serialization
 from drivers.opcua import certs
 from gateway.readings import Value
 from simulators._cli import run_cli, serve_until_signal
-from simulators._opcua_nodes import Var, add_variable, gateway_value
+from simulators._opcua_nodes import Var, add_variable, gateway_value, listen, stop_listening
 from simulators._service import Service
 
 __all__ = [
@@ -502,14 +501,7 @@ class OpcuaMachineLine(Service):
             self._server = await self._new_server()
         if layout != self._layout:
             await self._populate(self._server, layout)
-        # Server.start() adds its endpoints again on every start; a restart must not pile up.
-        self._server.iserver.endpoints.clear()
-        self._server._policies.clear()
-        self._server.set_endpoint(f"opc.tcp://{self.host}:{self._port}/")
-        await self._server.start()
-        if self._port == 0:
-            assert self._server.bserver is not None
-            self._port = int(self._server.bserver.port)  # type: ignore[arg-type]
+        self._port = await listen(self._server, self.host, self._port)
         self._running = True
         await self._publish_all()
         if self.tick is not None:
@@ -526,14 +518,8 @@ class OpcuaMachineLine(Service):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        server = self._server
-        assert server is not None
-        # Sessions with subscriptions outlive their TCP connection in asyncua (Part 4 §6.7);
-        # a restarted server has none, so close them.
-        for session in list(server.iserver._external_sessions.values()):
-            with contextlib.suppress(Exception):
-                await session.close_session()
-        await server.stop()
+        assert self._server is not None
+        await stop_listening(self._server)
 
     async def close(self) -> None:
         await self.stop()

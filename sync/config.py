@@ -63,6 +63,14 @@ class PublishingConnection(MqttConnection):
             raise ValueError(f"topic_prefix {value!r}: {problem}")
         return value
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        if not 5 <= self.keepalive <= 65535:
+            raise ValueError(f"keepalive must be between 5 s and 65535 s (got {self.keepalive:g})")
+        return self
+
 
 class MqttUplinkConfig(PublishingConnection):
     """One MQTT uplink: the central broker, who we are there, and how batches are sent.
@@ -77,8 +85,6 @@ class MqttUplinkConfig(PublishingConnection):
     type: Literal["mqtt"]
     name: Name
     #: (`port`: 1883, or 8883 when `tls` is set; filled in by validation when left out.)
-    #: First topic level(s): `millrace`, or `acme/millrace`. No wildcards, no leading `$`.
-    topic_prefix: str = "millrace"
     #: Messages published and awaiting their PUBACK at once.
     max_inflight: int = Field(default=100, ge=1, le=65535)
     #: Largest JSON payload of one message; a batch is split to stay within it.
@@ -95,14 +101,6 @@ class MqttUplinkConfig(PublishingConnection):
                 f"{MAX_BATCH_MAX_BYTES} (16 MiB) (got {value})"
             )
         return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.password is not None and self.username is None:
-            raise ValueError("a password needs a username")
-        if not 5 <= self.keepalive <= 65535:
-            raise ValueError(f"keepalive must be between 5 s and 65535 s (got {self.keepalive:g})")
-        return self
 
 
 def http_url(url: str) -> str:
@@ -215,15 +213,6 @@ class PoolMqttConfig(PublishingConnection):
     retained messages the pool publishes there (sync/pool_mqtt.py, sync/pool_api.yaml)."""
 
     topic_prefix: str = "millrace-pool/v1"
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        # The uplink's checks: the pool connection is built as an MqttUplinkConfig.
-        if self.password is not None and self.username is None:
-            raise ValueError("a password needs a username")
-        if not 5 <= self.keepalive <= 65535:
-            raise ValueError(f"keepalive must be between 5 s and 65535 s (got {self.keepalive:g})")
-        return self
 
 
 class PoolSyncConfig(BaseModel):

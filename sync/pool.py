@@ -276,7 +276,7 @@ class PoolSync:
         sent = 0
         for mid, ml in sorted(self.sharing.live.items()):
             rec = ml.record
-            pushed = await self.sharing.ledger.get(f"profile:{mid}")
+            pushed = self.sharing.ledger.get(f"profile:{mid}")
             if rec.retired:
                 if pushed > 0:
                     with contextlib.suppress(PoolRejected):  # 404: never got there
@@ -331,7 +331,7 @@ class PoolSync:
         """Read the booking feed from where we left off; apply it to the ledger."""
         changed = 0
         while True:
-            since = await self.sharing.ledger.get("booking_feed")
+            since = self.sharing.ledger.get("booking_feed")
             feed = await self.client.bookings(self.gateway_id, since)
             items = []
             for raw in feed.get("bookings", []):
@@ -391,11 +391,11 @@ class PoolSync:
     async def snapshot(self) -> dict[str, Any]:
         """The current availability of every machine the pool knows from us."""
         registered = {
-            mid for mid in self.sharing.live if await self.sharing.ledger.get(f"profile:{mid}") > 0
+            mid for mid in self.sharing.live if self.sharing.ledger.get(f"profile:{mid}") > 0
         }
         items = self.sharing.current_updates(registered)
         now = self._clock()
-        prev = await self.sharing.ledger.get("snapshot_seq")
+        prev = self.sharing.ledger.get("snapshot_seq")
         seq = max(prev + 1, int(now * 1000))
         await self.sharing.ledger.put("snapshot_seq", seq)
         out = await self.client.put_snapshot(self.gateway_id, seq, iso(as_utc(now)), items)

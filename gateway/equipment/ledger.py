@@ -92,8 +92,9 @@ class PoolLedger:
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
         self._db = SqliteFile(path, SCHEMA, what="pool ledger")
         self._clock = clock
-        #: machine -> last seq handed out (mirrors the file; read on the event loop).
-        self._seqs: dict[str, int] = {}
+        #: The kv table (sequence numbers, feed position, profile versions), mirrored after
+        #: every commit: the sync loops read it every cycle without touching the disk.
+        self._kv: dict[str, int] = {}
         self._bookings: dict[str, Booking] = {}
 
     @property
@@ -104,18 +105,14 @@ class PoolLedger:
         await self._db.open()
 
         def run(conn: sqlite3.Connection) -> tuple[dict[str, int], list[Booking]]:
-            seqs = {
-                k.removeprefix("seq:"): int(v)
-                for k, v in conn.execute("SELECT key, value FROM kv WHERE key LIKE 'seq:%'")
-            }
+            kv = {k: int(v) for k, v in conn.execute("SELECT key, value FROM kv")}
             rows = conn.execute(
                 'SELECT booking_id, machine_id, demand_id, start, "end", status, version,'
                 " customer_org, metered_at FROM bookings"
             ).fetchall()
-            return seqs, [Booking(*r) for r in rows]
+            return kv, [Booking(*r) for r in rows]
 
-        seqs, bookings = await self._db.read(run)
-        self._seqs = seqs
+        self._kv, bookings = await self._db.read(run)
         self._bookings = {b.booking_id: b for b in bookings}
 
     async def close(self) -> None:
@@ -125,26 +122,32 @@ class PoolLedger:
 
     async def next_seq(self, machine_id: str) -> int:
         """The machine's next availability sequence number, committed before it is used."""
-        seq = max(self._seqs.get(machine_id, 0) + 1, int(self._clock() * 1000))
-        key = f"seq:{machine_id}"
+        return (await self.next_seqs([machine_id]))[machine_id]
+
+    async def next_seqs(self, machine_ids: Iterable[str]) -> dict[str, int]:
+        """The next sequence number of each machine, all committed in one transaction (a
+        day boundary changes every machine's windows at once)."""
+        floor = int(self._clock() * 1000)
+        seqs = {
+            mid: max(self._kv.get(f"seq:{mid}", 0) + 1, floor) for mid in dict.fromkeys(machine_ids)
+        }
+        if not seqs:
+            return seqs
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key)"
                 " DO UPDATE SET value = max(value, excluded.value)",
-                (key, seq),
+                [(f"seq:{mid}", seq) for mid, seq in seqs.items()],
             )
 
         await self._db.write(run)
-        self._seqs[machine_id] = seq
-        return seq
+        self._kv.update({f"seq:{mid}": seq for mid, seq in seqs.items()})
+        return seqs
 
-    async def get(self, key: str, default: int = 0) -> int:
-        def run(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-            return default if row is None else int(row[0])
-
-        return await self._db.read(run)
+    def get(self, key: str, default: int = 0) -> int:
+        """A kv value as committed (from memory)."""
+        return self._kv.get(key, default)
 
     async def put(self, key: str, value: int) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -155,6 +158,7 @@ class PoolLedger:
             )
 
         await self._db.write(run)
+        self._kv[key] = int(value)
 
     # -- bookings -------------------------------------------------------------------------
 
@@ -200,6 +204,7 @@ class PoolLedger:
             return changed
 
         changed = await self._db.write(run)
+        self._kv["booking_feed"] = max(self._kv.get("booking_feed", 0), int(next_since_version))
         for b in changed:
             self._bookings[b.booking_id] = b
         return len(changed)

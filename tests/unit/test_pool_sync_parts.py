@@ -77,7 +77,7 @@ async def test_bookings_apply_newest_version_and_block_until_they_end(tmp_path: 
     assert await ledger.apply_feed([cancelled], 3) == 1
     assert ledger.blocked("m", 150.0) == []
     assert ledger.bookings()[0].metered_at is not None  # the mark survives a new version
-    assert await ledger.get("booking_feed") == 3
+    assert ledger.get("booking_feed") == 3
     await ledger.close()
 
 
@@ -125,3 +125,28 @@ def test_an_uplink_may_not_take_the_pool_syncs_name(tmp_path: Path) -> None:
         load_config_data(data, base_dir=tmp_path)
     del data["pool"]
     assert load_config_data(data, base_dir=tmp_path).config.uplinks[0].name == "pool"
+
+
+async def test_many_machines_get_their_sequence_numbers_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    ledger = PoolLedger(tmp_path / "l.db", clock=lambda: 1.0)
+    await ledger.open()
+    await ledger.next_seq("a")
+    seqs = await ledger.next_seqs(["a", "b", "a"])
+    assert seqs == {"a": 1001, "b": 1000}
+    await ledger.close()
+    again = PoolLedger(tmp_path / "l.db", clock=lambda: 1.0)
+    await again.open()
+    assert again.get("seq:a") == 1001 and again.get("seq:b") == 1000  # committed
+    await again.close()
+
+
+def test_the_owner_ref_key_is_made_once_private_and_kept(tmp_path: Path) -> None:
+    from gateway.sharing import owner_ref_key
+
+    key = owner_ref_key(tmp_path, None)
+    assert len(key) == 32
+    assert (tmp_path / "owner-ref.key").stat().st_mode & 0o777 == 0o600
+    assert owner_ref_key(tmp_path, None) == key
+    assert owner_ref_key(tmp_path, b"configured") == b"configured"
