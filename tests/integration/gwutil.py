@@ -14,6 +14,16 @@ from gateway.auth import Role, TokenStore
 from gateway.auth.tokens import tokens_path
 from gateway.configload import LoadedConfig, load_config, load_config_data
 
+#: The pdm-failure model's features -> the first mill's points on the OPC UA machine line.
+MILL1 = {
+    "product_type": "line-1.mill1_product_type",
+    "temperature_air": "line-1.mill1_air_temperature",
+    "temperature_process": "line-1.mill1_process_temperature",
+    "speed": "line-1.mill1_spindle_speed",
+    "torque": "line-1.mill1_spindle_torque",
+    "tool_wear": "line-1.mill1_tool_wear",
+}
+
 
 def plant_config(
     tmp_path: Path,

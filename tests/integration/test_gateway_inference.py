@@ -8,16 +8,7 @@ from pathlib import Path
 
 from gateway.runtime import Gateway
 from simulators.opcua_machine import OpcuaMachineLine
-from tests.integration.gwutil import api_client, eventually, plant_config
-
-MILL1 = {
-    "product_type": "line-1.mill1_product_type",
-    "temperature_air": "line-1.mill1_air_temperature",
-    "temperature_process": "line-1.mill1_process_temperature",
-    "speed": "line-1.mill1_spindle_speed",
-    "torque": "line-1.mill1_spindle_torque",
-    "tool_wear": "line-1.mill1_tool_wear",
-}
+from tests.integration.gwutil import MILL1, api_client, eventually, plant_config
 
 
 async def test_failure_model_runs_on_live_opcua_values_and_is_stored(tmp_path: Path) -> None:

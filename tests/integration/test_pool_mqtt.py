@@ -22,44 +22,30 @@ from gateway.errors import SinkRetry
 from gateway.runtime import Gateway
 from simulators.central_pool import CentralPool
 from simulators.modbus_plant import ModbusPlant
-from simulators.signals import ManualClock
 from sync.config import PoolSyncConfig
 from sync.pool_mqtt import PoolMqttClient
 from tests.conftest import free_port
 from tests.integration import mosquitto as _broker
+from tests.integration import poolutil
 from tests.integration.gwutil import eventually, plant_config
 from tests.integration.mosquitto import Mosquitto, MosquittoFactory
+from tests.integration.poolutil import (
+    OWNER,
+    PUMP,
+    TOKENS,
+    coop,
+    pool_state,
+    post_pumping_demand,
+    pump_machine,
+    status_at_pool,
+)
 
 mosquitto_factory = _broker.mosquitto_factory
 mosquitto = _broker.mosquitto
+plant = poolutil.plant
 
-OWNER = "Demo Cane Cooperative"
-CUSTOMER = "Demo Fruit Cooperative"
-TOKENS = {
-    "gw-token": {"org": OWNER, "role": "gateway"},
-    "coop-token": {"org": CUSTOMER, "role": "cooperative"},
-}
 GATEWAY = "test-gw"  # plant_config's gateway id
 PREFIX = "millrace-pool/v1"
-ALL_WEEK = [
-    {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00", "end": "24:00"}
-]
-PUMP = "booster-pump-1"
-
-
-def pump_machine() -> dict[str, Any]:
-    return {
-        "id": PUMP,
-        "type": "pump",
-        "name": "Booster pump 1",
-        "make": "Generic",
-        "model": "PS-VFD-1",
-        "owner": {"org": OWNER, "contact_name": "Li Wei"},
-        "location": {"lat": 22.81734, "lon": 108.36651, "timezone": "Asia/Shanghai"},
-        "capabilities": [{"name": "pumping", "capacity": 120, "unit": "m3/h"}],
-        "sharing": {"shared": True, "weekly": ALL_WEEK, "min_booking_hours": 1},
-        "device": "pump-1",
-    }
 
 
 def pool_section(broker: Mosquitto, **extra: Any) -> dict[str, Any]:
@@ -91,27 +77,12 @@ def mqtt_pool(broker: Mosquitto, db: Path, port: int = 0) -> CentralPool:
     )
 
 
-def coop(pool: CentralPool) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=pool.url, headers={"Authorization": "Bearer coop-token"}, timeout=10
-    )
-
-
 async def availability(http: httpx.AsyncClient) -> dict[str, Any]:
-    resp = await http.get(f"/v1/machines/{PUMP}")
-    if resp.status_code != 200:
-        return {}
-    return resp.json().get("availability") or {}
+    return ((await pool_state(http, PUMP)) or {}).get("availability") or {}
 
 
 async def status_is(http: httpx.AsyncClient, want: str) -> bool:
-    return (await availability(http)).get("status") == want
-
-
-@pytest.fixture
-async def plant():
-    async with ModbusPlant.tcp(port=0, clock=ManualClock(1_000_000.0)) as p:
-        yield p
+    return await status_at_pool(http) == want
 
 
 async def test_a_status_change_reaches_the_pool_over_mqtt(
@@ -197,17 +168,9 @@ async def test_a_booking_made_at_the_pool_reaches_the_gateway_over_mqtt_and_usag
             await eventually(lambda: status_is(them, "idle"), timeout=15, what="idle at the pool")
             now = datetime.now(UTC).replace(microsecond=0)
             start, end = now + timedelta(hours=2), now + timedelta(hours=5)
-            demand = {
-                "capability": "pumping",
-                "quantity": 300,
-                "unit": "m3",
-                "location": {"lat": 22.80, "lon": 108.35},
-                "max_distance_km": 50,
-                "window": {"start": start.isoformat(), "end": end.isoformat()},
-            }
-            created = (await them.post("/v1/demands", json=demand)).json()
+            demand_id = await post_pumping_demand(them, start, end)
             booked = await them.post(
-                f"/v1/demands/{created['demand_id']}/bookings",
+                f"/v1/demands/{demand_id}/bookings",
                 json={"machine_id": PUMP, "start": start.isoformat(), "end": end.isoformat()},
             )
             booking = booked.json()

@@ -13,43 +13,28 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from gateway.runtime import Gateway
 from simulators.central_pool import CentralPool
 from simulators.modbus_plant import ModbusPlant
 from simulators.opcua_machine import OpcuaMachineLine
-from simulators.signals import ManualClock
-from tests.integration.gwutil import eventually, plant_config
+from tests.integration import poolutil
+from tests.integration.gwutil import MILL1, eventually, plant_config
+from tests.integration.poolutil import (
+    ALL_WEEK,
+    CONTACT,
+    EXACT,
+    OWNER,
+    TOKENS,
+    client,
+    coop,
+    pool_state,
+    post_pumping_demand,
+    pump_machine,
+    status_at_pool,
+)
 
-OWNER = "Demo Cane Cooperative"
-CUSTOMER = "Demo Fruit Cooperative"
-TOKENS = {
-    "gw-token": {"org": OWNER, "role": "gateway"},
-    "coop-token": {"org": CUSTOMER, "role": "cooperative"},
-}
-EXACT = (22.81734, 108.36651)
-CONTACT = {"contact_name": "Li Wei", "phone": "+86 138 0000 0000", "email": "li.wei@example.org"}
-ALL_WEEK = [
-    {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00", "end": "24:00"}
-]
-
-
-def pump_machine(**extra: Any) -> dict[str, Any]:
-    return {
-        "id": "booster-pump-1",
-        "type": "pump",
-        "name": "Booster pump 1",
-        "make": "Generic",
-        "model": "PS-VFD-1",
-        "serial_number": "PS-0042",
-        "owner": {"org": OWNER, **CONTACT},
-        "location": {"lat": EXACT[0], "lon": EXACT[1], "timezone": "Asia/Shanghai"},
-        "capabilities": [{"name": "pumping", "capacity": 120, "unit": "m3/h"}],
-        "sharing": {"shared": True, "weekly": ALL_WEEK, "min_booking_hours": 1},
-        "device": "pump-1",
-        **extra,
-    }
+plant = poolutil.plant
 
 
 def pool_section(pool: CentralPool, **extra: Any) -> dict[str, Any]:
@@ -64,35 +49,9 @@ def pool_section(pool: CentralPool, **extra: Any) -> dict[str, Any]:
     }
 
 
-def coop(pool: CentralPool) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=pool.url, headers={"Authorization": "Bearer coop-token"}, timeout=10
-    )
-
-
 def owner(pool: CentralPool) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=pool.url, headers={"Authorization": "Bearer gw-token"}, timeout=10
-    )
-
-
-async def pool_state(http: httpx.AsyncClient, machine: str) -> dict[str, Any] | None:
-    resp = await http.get(f"/v1/machines/{machine}")
-    if resp.status_code != 200:
-        return None
-    return resp.json()
-
-
-async def status_at_pool(http: httpx.AsyncClient, machine: str) -> str | None:
-    view = await pool_state(http, machine)
-    avail = (view or {}).get("availability") or {}
-    return avail.get("status")
-
-
-@pytest.fixture
-async def plant():
-    async with ModbusPlant.tcp(port=0, clock=ManualClock(1_000_000.0)) as p:
-        yield p
+    """The owner organisation's token at the pool (the gateway's)."""
+    return client(pool, "gw-token")
 
 
 async def test_a_status_change_reaches_the_pool_and_public_data_is_desensitized(
@@ -261,22 +220,14 @@ async def test_a_booking_round_trip_blocks_the_window_locally_and_usage_is_meter
             await eventually(idle, timeout=15, what="idle at the pool")
             now = datetime.now(UTC).replace(microsecond=0)
             start, end = now + timedelta(hours=2), now + timedelta(hours=5)
-            demand = {
-                "capability": "pumping",
-                "quantity": 300,
-                "unit": "m3",
-                "location": {"lat": 22.80, "lon": 108.35},
-                "max_distance_km": 50,
-                "window": {"start": start.isoformat(), "end": end.isoformat()},
-            }
-            created = (await them.post("/v1/demands", json=demand)).json()
-            matches = (await them.get(f"/v1/demands/{created['demand_id']}/matches")).json()
+            demand_id = await post_pumping_demand(them, start, end)
+            matches = (await them.get(f"/v1/demands/{demand_id}/matches")).json()
             best = matches["matches"][0]
             assert best["machine_id"] == "booster-pump-1", matches
             assert best["decision"] == "recommended", best
             booking = (
                 await them.post(
-                    f"/v1/demands/{created['demand_id']}/bookings",
+                    f"/v1/demands/{demand_id}/bookings",
                     json={
                         "machine_id": "booster-pump-1",
                         "start": start.isoformat(),
@@ -322,16 +273,6 @@ async def test_a_booking_round_trip_blocks_the_window_locally_and_usage_is_meter
             await asyncio.sleep(2.5)  # more sync cycles: nothing is sent twice
             assert len(await pool.usage_records(booking["booking_id"])) == 1
             assert gw.pool.usage_delivered == 1
-
-
-MILL1 = {
-    "product_type": "line-1.mill1_product_type",
-    "temperature_air": "line-1.mill1_air_temperature",
-    "temperature_process": "line-1.mill1_process_temperature",
-    "speed": "line-1.mill1_spindle_speed",
-    "torque": "line-1.mill1_spindle_torque",
-    "tool_wear": "line-1.mill1_tool_wear",
-}
 
 
 async def test_a_machine_with_a_high_predicted_failure_risk_is_withdrawn(tmp_path: Path) -> None:
