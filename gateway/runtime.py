@@ -317,17 +317,8 @@ class Gateway:
                         f"equipment {mid}: point {pid} already exists; the sharing service "
                         f"publishes it (rename the profile point)"
                     )
-                self.points[pid] = PointInfo(
-                    id=pid,
-                    device=mid,
-                    name=name,
-                    unit="",
-                    data_type="sharing",
-                    data_class=DataClass.PUBLIC,
-                    writable=False,
-                    equipment=(mid,),
-                    description=f"equipment sharing: {name.removeprefix('sharing_')}",
-                )
+                what = f"equipment sharing: {name.removeprefix('sharing_')}"
+                self.points[pid] = published_point(pid, "sharing", mid, what)
 
     def _item_sink(self, item: Item) -> bool:
         """Drivers are built before the engine (it needs their points), hence this hop."""
@@ -440,16 +431,22 @@ def _model_points(engine: InferenceEngine) -> dict[str, PointInfo]:
     """The points the models publish, described like driver points (read-only)."""
     out: dict[str, PointInfo] = {}
     for pid, stamp, description, equipment in engine.result_points():
-        device, _, name = pid.partition(".")
-        out[pid] = PointInfo(
-            id=pid,
-            device=device,
-            name=name,
-            unit="",
-            data_type="model",
-            data_class=DataClass.PUBLIC,
-            writable=False,
-            equipment=(equipment,) if equipment else (),
-            description=f"{description} ({stamp})",
-        )
+        out[pid] = published_point(pid, "model", equipment, f"{description} ({stamp})")
     return out
+
+
+def published_point(pid: str, kind: str, equipment: str | None, description: str) -> PointInfo:
+    """A point the gateway itself publishes (model results, sharing state), described like
+    a driver point: public, read-only, no unit."""
+    device, _, name = pid.partition(".")
+    return PointInfo(
+        id=pid,
+        device=device,
+        name=name,
+        unit="",
+        data_type=kind,
+        data_class=DataClass.PUBLIC,
+        writable=False,
+        equipment=(equipment,) if equipment else (),
+        description=description,
+    )

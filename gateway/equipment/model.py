@@ -114,6 +114,13 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _HHMM_RE = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
 
 
+def _once(values: list[str], what: str, twice: str = "is listed twice") -> None:
+    """ValueError naming every value that appears more than once."""
+    dup = sorted({x for x in values if values.count(x) > 1})
+    if dup:
+        raise ValueError(f"{what} {twice} (got {', '.join(dup)})")
+
+
 def minutes_of(hhmm: str) -> int:
     """'07:30' -> 450; '24:00' -> 1440."""
     h, m = hhmm.split(":")
@@ -302,9 +309,7 @@ class HealthPolicy(_Strict):
     @field_validator("models")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
-        dup = sorted({m for m in v if v.count(m) > 1})
-        if dup:
-            raise ValueError(f"a model is listed twice (got {', '.join(dup)})")
+        _once(v, "a model")
         return v
 
 
@@ -386,10 +391,7 @@ class Machine(_Strict):
     @field_validator("capabilities")
     @classmethod
     def _capabilities(cls, v: list[Capability]) -> list[Capability]:
-        names = [c.name for c in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"a capability is listed twice (got {', '.join(dup)})")
+        _once([c.name for c in v], "a capability")
         return v
 
     @field_validator("sharing")
@@ -413,19 +415,14 @@ class Machine(_Strict):
     @field_validator("points")
     @classmethod
     def _points(cls, v: list[str]) -> list[str]:
-        dup = sorted({p for p in v if v.count(p) > 1})
-        if dup:
-            raise ValueError(f"a point is listed twice (got {', '.join(dup)})")
+        _once(v, "a point")
         return v
 
     @field_validator("meters")
     @classmethod
     def _meters(cls, v: list[MeterSpec] | None) -> list[MeterSpec] | None:
         if v is not None:
-            qs = [m.quantity.value for m in v]
-            dup = sorted({q for q in qs if qs.count(q) > 1})
-            if dup:
-                raise ValueError(f"a quantity is metered twice (got {', '.join(dup)})")
+            _once([m.quantity.value for m in v], "a quantity", "is metered twice")
         return v
 
     @field_validator("data_classes")
