@@ -90,6 +90,10 @@ class QosLink:
                 await self.pubacks.drain(timeout=drain)
         self.client.disconnect()
         await asyncio.to_thread(self.client.loop_stop)
+        # paho's thread is gone: a restarted client must wait for its own CONNACK, not see
+        # this session's answer (a reused simulator once raced past its reconnect).
+        self.answered.clear()
+        self.connected.clear()
 
     # paho callbacks (paho's thread)
 
