@@ -51,7 +51,9 @@ class RunnerSettings:
 
 @dataclass
 class _Rate:
-    """Readings per second over the last `window` seconds."""
+    """Readings per second over the last `window` seconds of `time.monotonic()`: a step of
+    the wall clock (NTP at boot) must neither empty the window nor keep it full for as long
+    as the step was."""
 
     window: float = 10.0
     events: deque[tuple[float, int]] = field(default_factory=deque)
@@ -120,7 +122,7 @@ class UplinkRunner:
         self._delay = self.settings.backoff_initial
         try:
             while True:
-                self._sample_ingest(time.time())
+                self._sample_ingest(time.monotonic())
                 if not self.connected:
                     self.state = "connecting"
                     try:
@@ -151,13 +153,12 @@ class UplinkRunner:
                 if shown and not await self._attempt(batch):
                     continue  # the same rows go again, with the same seq
                 await self.store.ack(consumer, batch.last_id, seq)
-                now = time.time()
                 self.sent += len(shown)
                 self.withheld += len(rows) - len(shown)
                 self.batches += 1
-                self.last_sent = now
+                self.last_sent = time.time()  # shown as a date: wall time
                 self.last_error = None
-                self._rate.add(len(shown), now)
+                self._rate.add(len(shown), time.monotonic())
         finally:
             self.state = "stopped"
             self.connected = False
@@ -250,7 +251,8 @@ class UplinkRunner:
 
     def _sample_ingest(self, now: float) -> None:
         """Readings committed per second, over the last 1-5 s (sampled from the run loop, so
-        the rate is known even while the far side is down and nothing is sent)."""
+        the rate is known even while the far side is down and nothing is sent). `now` is
+        `time.monotonic()`: with wall time a backward step froze the rate for its length."""
         if self._ingest is not None and now - self._ingest[0] < 1.0:
             return
         committed = self.store.stats().committed
@@ -273,8 +275,7 @@ class UplinkRunner:
         st = self.store.stats()
         consumer = self.consumer()
         cursor = st.consumers.get(consumer, st.last_id)
-        now = time.time()
-        rate = self._rate.per_s(now)
+        rate = self._rate.per_s(time.monotonic())
         return {
             "name": self.name,
             "state": self.state,
@@ -305,10 +306,11 @@ class UplinkRunner:
         this uplink stayed down from now)."""
         out = self.status()
         oldest = await self.store.pending(self.consumer(), 1)
+        # An age against the readings' own (wall-clock) stamps; rates on the monotonic clock.
         now = time.time()
         out["oldest_pending_age_s"] = round(now - oldest[0].ts_gateway, 3) if oldest else 0.0
         st = self.store.stats()
-        self._sample_ingest(now)
+        self._sample_ingest(time.monotonic())
         out["ingest_per_s"] = round(self._ingest_rate, 2)
         per_row = st.bytes_used / st.rows if st.rows else 0.0
         free = max(0, st.max_bytes - st.bytes_used)
