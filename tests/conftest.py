@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import shutil
 import socket
@@ -92,3 +93,39 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+
+
+# -- fuzz report: how many inputs each fuzz target was given (issue 8 asks for the number) --
+# Under pytest-xdist every worker counts its own; each hands its counts to the controller
+# when it finishes, and the controller prints the sum.
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        from tests.fuzz._fuzz import TRIED
+
+        workeroutput["fuzz_tried"] = dict(TRIED)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    from tests.fuzz._fuzz import TRIED
+
+    TRIED.update(getattr(node, "workeroutput", {}).get("fuzz_tried", {}))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.fuzz._fuzz import PROFILE, TRIED
+
+    if not TRIED:
+        return
+    total = sum(TRIED.values())
+    terminalreporter.write_sep("-", f"fuzz ({PROFILE} profile): {total} inputs tried")
+    for target, n in sorted(TRIED.items()):
+        terminalreporter.write_line(f"  {target:<40} {n:>8}")
+    path = os.environ.get("FUZZ_REPORT")
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"profile": PROFILE, "total": total, "targets": dict(TRIED)}, f, indent=1)
