@@ -4,7 +4,6 @@ from the counters the components already keep: no second bookkeeping, no extra d
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from gateway import __version__
@@ -62,7 +61,7 @@ def render(gw: Gateway) -> str:
         "millrace_uptime_seconds",
         "gauge",
         "Seconds since the gateway started.",
-        [({}, time.time() - (gw.started_at or time.time()))],
+        [({}, gw.uptime_s)],
     )
     _security(out, gw)
 

@@ -96,6 +96,7 @@ class Gateway:
         self.audit = AuditLog(audit_path(loaded))
         self.state = GatewayState.CREATED
         self.started_at: float | None = None
+        self._started_mono: float | None = None
         self._api_enabled = self.config.api.enabled if api is None else api
         self._api_server: Any = None
         self._api_socket: socket.socket | None = None
@@ -139,6 +140,7 @@ class Gateway:
             raise RuntimeError(f"gateway cannot start from state {self.state}")
         self.state = GatewayState.STARTING
         self.started_at = time.time()
+        self._started_mono = time.monotonic()
         if self._api_enabled:
             self._api_socket = _bind(self.config.api.host, self.config.api.port)
             self.api_port = self._api_socket.getsockname()[1]
@@ -240,6 +242,12 @@ class Gateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since start on the monotonic clock: a wall clock set forward or back
+        (NTP after a cold boot) must not make the box look freshly started or hours old."""
+        return 0.0 if self._started_mono is None else time.monotonic() - self._started_mono
 
     @property
     def api_url(self) -> str | None:

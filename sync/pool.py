@@ -242,9 +242,12 @@ class PoolSync:
             await self.pull_bookings()
             await self.deliver_usage()
             now = self._clock()
+            # A wall clock set back (NTP after a cold boot) must not postpone the snapshot by
+            # the size of the jump: a snapshot is due then too.
             due = (
                 self._last_snapshot is None
                 or now - self._last_snapshot >= self.config.snapshot_interval
+                or now < self._last_snapshot
             )
             if self._unreachable or due:
                 await self.snapshot()
