@@ -2,14 +2,17 @@
 metrics and the audit log; actions: a device write and an uplink replay. It binds to
 127.0.0.1 unless the config says otherwise.
 
-Access (gateway.auth, docs/security.md): only `/health` (and the API's own description,
-`/docs` and `/openapi.json`, which hold no data of the box) answer without a bearer token.
+Access (gateway.auth, docs/security.md): only `/health`, the API's own description (`/docs`,
+`/openapi.json`) and the technician's page (`/` redirects to `/ui/`; its static files,
+`gateway.api_ui`) answer without a bearer token: none of them holds data of the box.
 
 | endpoint | role |
 | --- | --- |
 | GET /devices, /points, /points/{id}, /points/{id}/history, /models, /uplinks, /metrics | viewer |
+| GET /whoami, GET /events (server-sent live state), GET /equipment…, /pool | viewer |
 | GET /dead-letters (raw payloads of any class) | technician |
 | POST /points/{id}/write, POST /uplinks/{name}/replay | technician |
+| POST/PATCH/DELETE /equipment…, POST /equipment/validate, POST /commissioning | technician |
 | GET /audit | admin |
 
 Restricted and private points are filtered by the caller's organisation and site
@@ -291,7 +294,7 @@ def create_app(gw: "Gateway") -> FastAPI:
             gateway=gw.config.gateway.id,
             site=gw.config.gateway.site,
             version=__version__,
-            uptime_s=round(time.time() - (gw.started_at or time.time()), 3),
+            uptime_s=round(gw.uptime_s, 3),
             devices_online=online,
             devices_total=total,
             store_queued=st.queued,
@@ -547,7 +550,8 @@ def create_app(gw: "Gateway") -> FastAPI:
             next_after=rows[-1].seq if len(rows) == limit else None,
         )
 
-    from gateway.api_equipment import router as equipment_router
+    from gateway import api_commissioning, api_equipment, api_live, api_session, api_ui
 
-    app.include_router(equipment_router)
+    for module in (api_equipment, api_session, api_live, api_commissioning, api_ui):
+        app.include_router(module.router)
     return app

@@ -1,10 +1,11 @@
 """Local API of the shared machinery: the registry, each machine's live status, health and
 availability, its bookings, and the pool sync's state.
 
-Reading needs a viewer token; registering, changing and retiring need a technician (or
-admin). A change names the version it was made against in `If-Match` (the registry refuses
-a stale one with 409, so two technicians cannot overwrite each other unknowingly), is
-recorded in the registry's history as `api:<token subject>` and in the audit log.
+Reading needs a viewer token; registering, changing, retiring and the dry run of a change
+(`POST /equipment/validate`) need a technician (or admin). A change names the version it
+was made against in `If-Match` (the registry refuses a stale one with 409, so two
+technicians cannot overwrite each other unknowingly), is recorded in the registry's history
+as `api:<token subject>` and in the audit log.
 
 What a caller sees of a machine follows the data classes (gateway/equipment/README.md):
 everyone the public view (location coarsened to about 1 km, owner as a hash), callers of
@@ -177,6 +178,33 @@ async def add_equipment(request: Request, who: Technician) -> JSONResponse:
     return JSONResponse(
         machine_view(gw, rec, who), status_code=201, headers={"ETag": str(rec.version)}
     )
+
+
+@router.post("/equipment/validate")
+async def validate_equipment(
+    request: Request,
+    who: Technician,
+    replaces: Annotated[str | None, Query(max_length=64)] = None,
+    if_match: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Check a machine document as `POST /equipment` would, or with `replaces=<id>` as
+    `PATCH /equipment/{id}` would merge it (with `If-Match` the version too), and save
+    nothing: the same 400, 413, 422 (every problem, by field path), 404 and 409 answers, or
+    200 with the machine as it would be stored. The page calls it while a form is typed in,
+    so a technician sees the API's own verdict before submitting. Not audited: it changes
+    nothing."""
+    gw = _gw(request)
+    doc = await _body(request)
+    try:
+        if replaces is None:
+            machine = parse_machine(doc)
+            await gw.sharing.registry.check_add(machine)
+        else:
+            version = None if if_match is None else _version(if_match)
+            machine = await gw.sharing.registry.check_update(replaces, doc, version=version)
+    except EquipmentError as exc:
+        raise _error(exc) from None
+    return JSONResponse({"valid": True, "machine": machine.model_dump(mode="json")})
 
 
 @router.patch("/equipment/{machine_id}")

@@ -28,12 +28,19 @@ async def commissioning_report(loaded: LoadedConfig) -> tuple[str, bool]:
     return format_report(loaded, results), all(r.ok for r in results)
 
 
+def devices_online(loaded: LoadedConfig, results: list[ProbeResult]) -> tuple[list[str], int]:
+    """The enabled devices with at least one point read OK, and how many are enabled."""
+    ok_devices = {r.device for r in results if r.ok}
+    enabled = [d.id for d in loaded.config.devices if d.enabled]
+    return [d for d in enabled if d in ok_devices], len(enabled)
+
+
 def format_report(loaded: LoadedConfig, results: list[ProbeResult]) -> str:
     by_device: dict[str, list[ProbeResult]] = defaultdict(list)
     for r in results:
         by_device[r.device].append(r)
     enabled = [d for d in loaded.config.devices if d.enabled]
-    online = [d.id for d in enabled if any(r.ok for r in by_device.get(d.id, []))]
+    online, _ = devices_online(loaded, results)
     lines = [f"{'DEVICE':<20} {'POINT':<24} {'RESULT':<6} {'VALUE':>16} {'UNIT':<8} REASON"]
     for r in results:
         value = "" if r.value is None else _fmt(r.value)

@@ -230,16 +230,15 @@ class EquipmentRegistry:
         doc = _dump(machine)
 
         def run(conn: sqlite3.Connection) -> Record:
-            row = conn.execute(
-                "SELECT retired_at FROM machines WHERE id = ?", (machine.id,)
-            ).fetchone()
-            if row is not None:
-                state = "a retired machine" if row[0] is not None else "a registered machine"
-                raise DuplicateMachine(f"machine {machine.id}: the id is already {state}")
+            self._check_new(conn, machine.id)
             self._insert(conn, machine.id, doc, "local", (), "add", who)
             return self._get(conn, machine.id)
 
         return await self._db.write(run)
+
+    async def check_add(self, machine: Machine) -> None:
+        """What `add` would refuse (DuplicateMachine), without adding: the API's dry run."""
+        await self._db.read(lambda conn: self._check_new(conn, machine.id))
 
     async def update(
         self,
@@ -255,16 +254,8 @@ class EquipmentRegistry:
         _who(who)
 
         def run(conn: sqlite3.Connection) -> Record:
-            rec = self._get(conn, machine_id)
-            self._check(rec, version)
-            old = _dump(rec.machine)
-            doc = _dump(patch) if isinstance(patch, Machine) else deep_merge(old, patch)
-            if doc.get("id") != machine_id:
-                raise InvalidMachine(
-                    [f"id: the id of a machine cannot change (got {doc.get('id')})"],
-                    machine_id=machine_id,
-                )
-            new = _dump(_validate(doc, machine_id))
+            rec, merged = self._merge(conn, machine_id, patch, version)
+            old, new = _dump(rec.machine), _dump(merged)
             fields = changed_fields(old, new)
             if not fields:
                 return rec
@@ -272,6 +263,44 @@ class EquipmentRegistry:
             return self._get(conn, machine_id)
 
         return await self._db.write(run)
+
+    async def check_update(
+        self, machine_id: str, patch: Mapping[str, Any], *, version: int | None = None
+    ) -> Machine:
+        """The machine `update` would store for this partial document (the same refusals:
+        UnknownMachine, MachineRetired, VersionConflict when `version` is given and stale,
+        InvalidMachine), without storing it: the API's dry run."""
+        return await self._db.read(lambda conn: self._merge(conn, machine_id, patch, version)[1])
+
+    def _merge(
+        self,
+        conn: sqlite3.Connection,
+        machine_id: str,
+        patch: Machine | Mapping[str, Any],
+        version: int | None,
+    ) -> tuple[Record, Machine]:
+        """The current record and the validated result of applying `patch` to it."""
+        rec = self._get(conn, machine_id)
+        if version is None:
+            if rec.retired:
+                raise MachineRetired(f"machine {machine_id}: retired, it can no longer be changed")
+        else:
+            self._check(rec, version)
+        old = _dump(rec.machine)
+        doc = _dump(patch) if isinstance(patch, Machine) else deep_merge(old, patch)
+        if doc.get("id") != machine_id:
+            raise InvalidMachine(
+                [f"id: the id of a machine cannot change (got {doc.get('id')})"],
+                machine_id=machine_id,
+            )
+        return rec, _validate(doc, machine_id)
+
+    @staticmethod
+    def _check_new(conn: sqlite3.Connection, machine_id: str) -> None:
+        row = conn.execute("SELECT retired_at FROM machines WHERE id = ?", (machine_id,)).fetchone()
+        if row is not None:
+            state = "a retired machine" if row[0] is not None else "a registered machine"
+            raise DuplicateMachine(f"machine {machine_id}: the id is already {state}")
 
     async def retire(self, machine_id: str, *, version: int, who: str) -> Record:
         """Retire (soft delete) a machine; it stays readable with `retired_at` set."""

@@ -31,6 +31,10 @@ from tests.conftest import free_port
 from tests.integration.gwutil import eventually, make_token, plant_config
 
 OPEN = {"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+#: The technician's page: static files and redirects, no data (test_page_api.py checks them).
+OPEN |= {"/", "/ui", "/ui/", "/ui/{name}"}
+#: Endpoints that answer with a stream: the matrix reads the status, then hangs up.
+STREAMING = {"/events"}
 UPLINK_PASSWORD = "uplink-pw-7f3a9c"
 INLINE_SECRET = "inline-secret-41bd2e"
 
@@ -47,6 +51,18 @@ MATRIX: list[tuple[str, str, Any, Role]] = [
     ("POST", "/uplinks/central/replay?since=2020-01-01T00:00:00Z", None, Role.TECHNICIAN),
     ("POST", "/points/pump-1.speed_setpoint/write", {"value": 1000}, Role.TECHNICIAN),
     ("GET", "/audit", None, Role.ADMIN),
+    # the technician's page
+    ("GET", "/whoami", None, Role.VIEWER),
+    ("GET", "/events", None, Role.VIEWER),
+    ("GET", "/equipment", None, Role.VIEWER),
+    ("GET", "/pool", None, Role.VIEWER),
+    (
+        "POST",
+        "/equipment/validate",
+        {"id": "pump-9", "type": "pump", "device": "pump-1"},
+        Role.TECHNICIAN,
+    ),
+    ("POST", "/commissioning", None, Role.TECHNICIAN),
 ]
 
 
@@ -102,7 +118,12 @@ async def gw(
 
 async def _call(api: httpx.AsyncClient, method: str, path: str, body: Any, token: str | None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return await api.request(method, path, json=body, headers=headers)
+    if path not in STREAMING:
+        return await api.request(method, path, json=body, headers=headers)
+    async with api.stream(method, path, json=body, headers=headers) as r:
+        if r.status_code != 200:  # an error answer is short: read it; a stream is not
+            await r.aread()
+        return r
 
 
 async def test_every_role_on_every_endpoint(gw: Gateway) -> None:
@@ -130,20 +151,37 @@ async def test_every_role_on_every_endpoint(gw: Gateway) -> None:
     assert gw.audit.verify().ok
 
 
+def _routes(routes: list[Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(full path, route) of every route, those of included routers too: FastAPI keeps an
+    included router as one entry of `app.routes` (`original_router`, `include_context`)."""
+    out: list[tuple[str, Any]] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            context = getattr(route, "include_context", None)
+            out += _routes(inner.routes, prefix + getattr(context, "prefix", ""))
+        else:
+            out.append((prefix + getattr(route, "path", ""), route))
+    return out
+
+
 async def test_no_route_is_open_by_accident(gw: Gateway) -> None:
     """Any route, present or added later (equipment, pool), refuses a call without a token."""
     async with httpx.AsyncClient(base_url=gw.api_url) as api:
-        app_routes = gw._api_server.config.app.routes
-        checked = 0
-        for route in app_routes:
-            if not isinstance(route, APIRoute) or route.path in OPEN:
+        app_routes = _routes(gw._api_server.config.app.routes)
+        checked: set[tuple[str, str]] = set()
+        for full_path, route in app_routes:
+            if not isinstance(route, APIRoute) or full_path in OPEN:
                 continue
-            path = route.path.replace("{", "").replace("}", "")  # any value for parameters
+            path = full_path.replace("{", "").replace("}", "")  # any value for parameters
             for method in route.methods:
-                r = await api.request(method, path)
-                assert r.status_code == 401, (method, route.path, r.status_code)
-                checked += 1
-        assert checked >= len(MATRIX)
+                r = await _call(api, method, path, None, None)
+                assert r.status_code == 401, (method, full_path, r.status_code)
+                checked.add((method, full_path))
+        # the included routers' routes were walked too
+        assert checked >= {("POST", "/equipment"), ("PATCH", "/equipment/{machine_id}")}
+        assert ("GET", "/events") in checked and ("POST", "/commissioning") in checked
+        assert len(checked) >= len(MATRIX)
 
 
 async def test_restricted_and_private_points_follow_org_and_site(gw: Gateway) -> None:
