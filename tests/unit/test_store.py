@@ -294,12 +294,15 @@ async def test_concurrent_acks_and_writes_end_consistent(make_store: MakeStore) 
     for name in names:
         store.register_consumer(name)
 
+    handed: dict[str, list[int]] = {name: [] for name in names}
+
     async def uplink(name: str) -> int:
         seen = 0
         for _ in range(30):
             got = await store.pending(name, 50)
             if got:
                 assert [r.id for r in got] == list(range(got[0].id, got[0].id + len(got)))
+                handed[name] += [r.id for r in got]
                 await store.ack(name, got[-1].id)
                 seen += len(got)
             await asyncio.sleep(0)
@@ -315,6 +318,27 @@ async def test_concurrent_acks_and_writes_end_consistent(make_store: MakeStore) 
     for name in names:
         rest = await store.pending(name, 10_000)
         assert store.stats().consumers[name] + len(rest) == 800
+        # acked rows are never handed out again: no re-send without a failure
+        assert len(handed[name]) == len(set(handed[name])), name
+
+
+async def test_pending_hands_out_only_rows_ack_accepts(make_store: MakeStore) -> None:
+    """The writer publishes its highest id just after the transaction is visible to
+    readers. A reader in that gap must not be given rows `ack` would refuse (capped at the
+    published id): they would stay behind the cursor and be sent a second time."""
+    store = await make_store()
+    store.register_consumer("up")
+    store.submit(batch(5))
+    await store.flush()
+    with store._lock:
+        store._last_id = 3  # the gap: ids 4 and 5 committed, not yet published
+    got = await store.pending("up", 100)
+    assert [r.id for r in got] == [1, 2, 3]
+    await store.ack("up", got[-1].id)
+    assert store.cursor("up") == 3
+    with store._lock:
+        store._last_id = 5  # published
+    assert [r.id for r in await store.pending("up", 100)] == [4, 5]
 
 
 # -- flush, close, misuse -----------------------------------------------------------------
