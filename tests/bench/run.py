@@ -10,6 +10,10 @@ for every device to be online, warms up, then measures for BENCH_SECONDS (defaul
   (the gateway's own window, sampled every second; p50 is the median of the samples,
   p99 the worst sample).
 
+The `capacity` workload (tests/bench/capacity.py) runs the whole demo site with both uplinks
+at several sizes (points/s, CPU, RSS, end-to-end and inference latency): the README's
+capacity table.
+
 The `uplinks` workload (tests/bench/uplinks.py) measures store-and-forward instead: sustained
 readings/s to an MQTT and an InfluxDB uplink, and the drain rate after both far sides were
 down for BENCH_OUTAGE_S (30) seconds; it prints its own table.
@@ -437,6 +441,7 @@ WORKLOADS: dict[str, Any] = {
     "uplinks": uplinks_workload,
     "models": models_workload,
     "pool": lambda: __import__("tests.bench.pool", fromlist=["x"]).pool_workload(),
+    "capacity": lambda: __import__("tests.bench.capacity", fromlist=["x"]).capacity_workload(),
 }
 
 
@@ -519,7 +524,8 @@ def main() -> int:
         except Exception as exc:  # one broken workload must not hide the others' figures
             log(f"{key}: failed: {exc}")
             results.append({"name": key, "error": str(exc)})
-    gateway = [r for r in results if r.get("kind") not in ("model", "uplink", "pool")]
+    gateway = [r for r in results if r.get("kind") not in ("model", "uplink", "pool", "capacity")]
+    capacity = [r for r in results if r.get("kind") == "capacity"]
     uplinks = [r for r in results if r.get("kind") == "uplink"]
     models = [r for r in results if r.get("kind") == "model"]
     pools = [r for r in results if r.get("kind") == "pool"]
@@ -550,6 +556,19 @@ def main() -> int:
             "(bodies, without HTTP headers)."
         )
         print(pool_table(pools))
+    if capacity:
+        from tests.bench.capacity import capacity_table, summary_note
+
+        print(
+            "\ncapacity: the demo site (Modbus, OPC UA, MQTT via Mosquitto, 4 ONNX models, pool "
+            "sync) + bench-30 Modbus units, both uplinks (MQTT, InfluxDB) on;\n"
+            f"warm-up {WARMUP:.0f} s, measured {SECONDS:.0f} s per size. e2e: gateway timestamp "
+            "-> subscriber on the central broker. vision: grader1-camera (int8);\n"
+            "tabular: worst p99 of pdm-failure, pdm-rul, grading-tabular. load avg: the "
+            "machine's 1-min load at the end (2 cores: above 2 means contention)."
+        )
+        print(capacity_table(capacity))
+        print(summary_note(capacity))
     if path := os.environ.get("BENCH_JSON"):
         Path(path).write_text(json.dumps(results, indent=2))
         print(f"\nwrote {path}")

@@ -1,0 +1,1 @@
+"""`make soak`: the gateway under a mixed workload for a long time, measured from outside."""
