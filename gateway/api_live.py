@@ -261,8 +261,12 @@ class LiveView:
         return [] if data is None else [sse("overview", data)]
 
 
-async def stream(gw: Gateway, who: Principal, live: LiveSettings) -> AsyncIterator[str]:
-    """The event stream of one client (module docstring); ends when the gateway stops."""
+async def stream(
+    gw: Gateway, who: Principal, live: LiveSettings, token: str | None = None
+) -> AsyncIterator[str]:
+    """The event stream of one client (module docstring); ends when the gateway stops, and
+    when `token` (checked again at every heartbeat) is revoked or expires: a revocation
+    must cut a page that is already open, not only its next request."""
     live.open_streams += 1
     try:
         view = LiveView(gw, who)
@@ -302,6 +306,9 @@ async def stream(gw: Gateway, who: Principal, live: LiveSettings) -> AsyncIterat
                     summary_failed = True
             if now >= next_beat:
                 next_beat = now + live.heartbeat_s
+                if token is not None and not await asyncio.to_thread(_still_valid, gw, token):
+                    yield "".join(parts) + sse("bye", {"reason": "token revoked or expired"})
+                    return
                 parts.append(f": heartbeat {int(time.time())}\n\n")
             if parts:
                 yield "".join(parts)
@@ -309,6 +316,10 @@ async def stream(gw: Gateway, who: Principal, live: LiveSettings) -> AsyncIterat
             await asyncio.sleep(min(TICK_S, max(0.0, due)))
     finally:
         live.open_streams -= 1
+
+
+def _still_valid(gw: Gateway, token: str) -> bool:
+    return gw.access.tokens.check(token) is not None
 
 
 @router.get(
@@ -329,8 +340,9 @@ async def events(request: Request, who: Viewer) -> StreamingResponse:
         raise HTTPException(
             503, f"{live.open_streams} live streams are open already", headers={"Retry-After": "10"}
         )
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return StreamingResponse(
-        stream(gw, who, live),
+        stream(gw, who, live, token.strip() if scheme.lower() == "bearer" else None),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -307,6 +307,32 @@ async def test_events_end_when_the_client_goes(gw: Gateway) -> None:
     await eventually(lambda: live.open_streams == 0, what="the streams to close")
 
 
+async def test_a_revoked_token_ends_its_open_stream(gw: Gateway) -> None:
+    live = live_settings(_app(gw))
+    live.heartbeat_s = 0.3
+    token = make_token(gw.loaded, Role.VIEWER)
+    other = make_token(gw.loaded, Role.VIEWER)
+    principal = gw.access.tokens.check(token)
+    assert principal is not None
+    async with (
+        httpx.AsyncClient(base_url=gw.api_url, timeout=10) as api,
+        api.stream("GET", "/events", headers=_auth(token)) as revoked,
+        api.stream("GET", "/events", headers=_auth(other)) as kept,
+    ):
+        cut, going = Events(revoked), Events(kept)
+        assert (await cut.until("hello")) is not None
+        assert (await going.until("hello")) is not None
+        gw.access.tokens.revoke(principal.token_id)
+        bye = await cut.until("bye", timeout=5)
+        assert bye == {"reason": "token revoked or expired"}
+        assert await cut.next(timeout=5) is None  # the server ended it
+        # the other page keeps its stream
+        await eventually(lambda: live.open_streams == 1, what="only the revoked stream to end")
+        await asyncio.sleep(2 * live.heartbeat_s)
+        assert live.open_streams == 1
+        assert (await api.get("/events", headers=_auth(token))).status_code == 401
+
+
 async def test_too_many_streams_are_refused(gw: Gateway) -> None:
     live = live_settings(_app(gw))
     live.max_streams = 1
