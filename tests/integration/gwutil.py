@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +129,29 @@ def api_client(gw: Any, role: Role = Role.ADMIN, **kwargs: Any) -> httpx.AsyncCl
     """An HTTP client for a running Gateway's API with a fresh token of `role`."""
     headers = {**auth_headers(gw.loaded, role), **kwargs.pop("headers", {})}
     return httpx.AsyncClient(base_url=gw.api_url, headers=headers, **kwargs)
+
+
+@contextlib.contextmanager
+def plant_process(cwd: Path | None = None) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """The Modbus plant simulator in a process of its own, as a technician runs it (and a
+    PLC that does not die with the gateway): its port and process, stopped with SIGTERM."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators.modbus_plant", "--port", str(port)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert "listening on" in line, line
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()

@@ -46,7 +46,7 @@ import yaml
 from tests.conftest import free_port
 from tests.integration import mosquitto as _broker
 from tests.integration.faultutil import platform_accounting
-from tests.integration.gwutil import auth_headers
+from tests.integration.gwutil import auth_headers, plant_process
 from tests.integration.mosquitto import Mosquitto, MosquittoFactory
 from tests.integration.platform import PlatformSubscriber
 
@@ -60,25 +60,10 @@ CONSUMER = "uplink:central"
 
 
 @pytest.fixture
-def plant_process() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def plant() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """The plant simulator in its own process (a PLC does not die with the gateway)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.modbus_plant", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "listening on" in line, line
-        yield port, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+    with plant_process() as running:
+        yield running
 
 
 def _config(tmp_path: Path, plant_port: int, central: Mosquitto, api_port: int) -> Path:
@@ -177,14 +162,14 @@ class _Log:
 
 async def test_kill_9_twenty_times_loses_nothing_committed(
     mosquitto_factory: MosquittoFactory,
-    plant_process: tuple[int, subprocess.Popen[bytes]],
+    plant: tuple[int, subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
     began = time.monotonic()
     rng = random.Random(SEED)
     ctx = f"seed {SEED} (MILLRACE_KILL_SEED={SEED} replays it)"
     print(f"\nkill -9 x{KILLS}: {ctx}")
-    plant_port, plant = plant_process
+    plant_port, plant_proc = plant
     central = mosquitto_factory()
     api_port = free_port()
     cfg = _config(tmp_path, plant_port, central, api_port)
@@ -276,8 +261,8 @@ async def test_kill_9_twenty_times_loses_nothing_committed(
             while not await online():
                 assert time.monotonic() < deadline, f"devices not online; {ctx}"
                 await asyncio.sleep(0.05)
-            plant.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(plant.wait, 10)
+            plant_proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(plant_proc.wait, 10)
             deadline = time.monotonic() + 30
             while True:
                 devices = (await api.get("/devices")).json()

@@ -23,7 +23,7 @@ import yaml
 
 from gateway.auth import Role
 from tests.conftest import free_port
-from tests.integration.gwutil import make_token
+from tests.integration.gwutil import make_token, plant_process
 
 MILLRACE = [sys.executable, "-m", "gateway.cli"]
 
@@ -31,20 +31,9 @@ MILLRACE = [sys.executable, "-m", "gateway.cli"]
 @pytest.fixture
 def sim_port() -> Iterator[int]:
     """The plant simulator in its own process, as a technician would run it."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.modbus_plant", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "listening on" in line, line
+    with plant_process() as (port, proc):
         yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+    assert proc.returncode == 0
 
 
 def write_config(tmp_path: Path, port: int, api_port: int, extra: list[dict] | None = None) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.integration.gwutil import plant_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## Installing on a Raspberry Pi / Jetson"
@@ -39,23 +40,8 @@ def guide_commands() -> list[str]:
 
 @pytest.fixture
 def sim_port() -> Iterator[int]:
-    from tests.conftest import free_port
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.modbus_plant", "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert "listening on" in line, line
+    with plant_process(cwd=ROOT) as (port, _proc):
         yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
 
 
 def run(cmd: str, etc: Path, state: Path) -> subprocess.CompletedProcess[str]:
