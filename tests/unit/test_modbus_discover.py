@@ -80,3 +80,20 @@ def test_a_byte_order_that_fits_one_value_by_chance_is_dropped_by_the_next_value
     best = consistent_candidates(samples, 0, 500)[0]
     assert (best.data_type, best.order) == ("float32", "CDAB")
     assert best.value == pytest.approx(lucky + 1.91, rel=1e-6)
+
+
+def test_an_order_that_fits_every_sample_but_jumps_by_decades_ranks_last() -> None:
+    def cdab(value: float) -> list[int]:
+        hi, lo = struct.unpack(">HH", struct.pack(">f", value))
+        return [lo, hi]
+
+    # Seen in CI: flow 104.6, 107.6, 111.1 m3/h read word-swapped (ABCD) as 0.009, 1.06,
+    # 38.1, all "in range" and ordinary floats, and ABCD ranks before CDAB on one sample.
+    flows = [104.61733083081968, 107.62408475376425, 111.12908645304867, 107.62408475376425]
+    samples = [cdab(v) for v in flows]
+    newest = order_candidates(samples[-1], 0, 500)
+    assert [c.order for c in newest[:2]] == ["ABCD", "CDAB"]  # one sample cannot tell
+    ranked = consistent_candidates(samples, 0, 500)
+    assert {"ABCD", "CDAB"} <= {c.order for c in ranked if c.data_type == "float32"}
+    assert (ranked[0].data_type, ranked[0].order) == ("float32", "CDAB")
+    assert ranked[0].value == pytest.approx(flows[-1], rel=1e-6)
