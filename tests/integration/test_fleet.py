@@ -102,9 +102,13 @@ async def test_gateway_reports_health_tags_against_local_balena_standin(
 
                 def one_of_two_online() -> bool:
                     # The pump connects within a round or two; tags are written one by
-                    # one, so wait for the whole round that saw it.
-                    return tags.get("millrace.devices") == "1/2" and (
-                        tags.get("millrace.online_share") == "0.50"
+                    # one, so wait for the whole round that saw it (every tag it writes).
+                    return (
+                        tags.get("millrace.devices") == "1/2"
+                        and tags.get("millrace.online_share") == "0.50"
+                        and tags.get("millrace.status") == "degraded"
+                        and tags.get("millrace.platform") == "pi4"
+                        and tags.get("millrace.version") == "0.1.0"
                     )
 
                 await eventually(one_of_two_online, timeout=15, what="the 1/2 tags")
