@@ -115,9 +115,20 @@ async def test_slow_influx_times_out_retries_and_catches_up_without_stalling(
                 published = gw.bus.readings
                 (after,) = (await api.get("/uplinks")).json()
             stored = {r.id for r in rows}
-            await eventually(
-                lambda: set(_ids_at(vm)) >= stored, timeout=20, what="every id at VictoriaMetrics"
-            )
+            missing: set[int] = set()
+
+            def all_at_vm() -> bool:
+                missing.clear()
+                missing.update(stored - set(_ids_at(vm)))
+                return not missing
+
+            try:
+                await eventually(all_at_vm, timeout=30, interval=0.5)
+            except AssertionError:
+                raise AssertionError(
+                    f"{len(missing)} of {len(stored)} ids never reached VictoriaMetrics "
+                    f"({min(missing)}..{max(missing)}); uplink after: {after}"
+                ) from None
             at_vm = _ids_at(vm)
             connections = proxy.stats.connections
     finally:
