@@ -36,6 +36,19 @@ from pathlib import Path
 
 import pytest
 
+# Every module whose functions take `clock=time.time` as a default is imported here, before
+# the test replaces time.time: a default is bound when its module is first imported, and a
+# module first imported by a gateway built under the patch (runtime imports drivers lazily)
+# would keep the jumped clock for every later test in this process.
+import drivers.modbus.driver
+import drivers.mqtt.driver
+import drivers.opcua.driver
+import gateway.equipment.ledger
+import gateway.equipment.metering
+import gateway.equipment.registry
+import gateway.sharing
+import gateway.store
+import sync.pool
 from gateway.runtime import Gateway
 from simulators.modbus_plant import ModbusPlant
 from tests.integration import mosquitto as _broker
@@ -50,6 +63,19 @@ from tests.integration.faultutil import (
 from tests.integration.gwutil import api_client, eventually, plant_config
 from tests.integration.mosquitto import MosquittoFactory
 from tests.integration.platform import PlatformSubscriber
+
+#: The modules above, imported for their `clock=time.time` defaults (see the comment there).
+BOUND_BEFORE_THE_PATCH = (
+    drivers.modbus.driver,
+    drivers.mqtt.driver,
+    drivers.opcua.driver,
+    gateway.equipment.ledger,
+    gateway.equipment.metering,
+    gateway.equipment.registry,
+    gateway.sharing,
+    gateway.store,
+    sync.pool,
+)
 
 mosquitto_factory = _broker.mosquitto_factory
 
