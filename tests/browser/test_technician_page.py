@@ -262,7 +262,8 @@ def test_page_loads_from_the_demo_and_live_values_change(session: Session) -> No
         arg=[values, before],
         timeout=20_000,
     )
-    page.wait_for_selector("tr[data-point-row='pump-1.flow_rate'] svg.trend polyline")
+    # a trend drawn from history and the stream (any of the pump's moving values)
+    page.wait_for_selector("details[data-device='pump-1'] tr[data-point-row] svg.trend polyline")
     assert page.inner_text("details[data-device='pump-1'] .badge") == "在线"
     session.shot("devices-phone")
 
