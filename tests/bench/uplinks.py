@@ -60,6 +60,7 @@ from tests.bench.run import (
     stop_gateway,
     vm_hwm_mb,
 )
+from tests.tools.central_reader import connect_central_reader
 
 OUTAGE_S = float(os.environ.get("BENCH_OUTAGE_S", "30"))
 DRAIN_TIMEOUT = float(os.environ.get("BENCH_DRAIN_TIMEOUT", str(max(120.0, 10 * OUTAGE_S))))
@@ -89,25 +90,10 @@ class _CentralSubscriber:
     counting readings in telemetry/events messages (ids counted in the raw JSON, no parse)."""
 
     def __init__(self, port: int) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.readings = 0
         self.messages = 0
         self._lock = threading.Lock()
-        ready = threading.Event()
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id="bench-platform-reader", clean_session=False
-        )
-        c.reconnect_delay_set(0.2, 1)
-        c.on_connect = lambda cl, *_: (cl.subscribe("millrace/#", qos=1), ready.set())
-        c.on_message = self._on_message
-        c.connect("127.0.0.1", port, keepalive=10)
-        c.loop_start()
-        self.client = c
-        if not ready.wait(10):
-            self.close()
-            raise RuntimeError("central subscriber did not connect in 10 s")
+        self.client = connect_central_reader(port, "bench-platform-reader", self._on_message)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         if msg.topic.endswith(("/telemetry", "/events")):

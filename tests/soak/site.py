@@ -35,6 +35,7 @@ import psutil
 import yaml
 
 from tests.bench.run import free_port, scrape, start_gateway
+from tests.tools.central_reader import connect_central_reader
 
 #: The two outbox uplinks the soak accounts for (the pool uplink only carries sharing
 #: updates and is checked by its pending count alone).
@@ -63,9 +64,6 @@ class CentralReader:
     machine and one clock."""
 
     def __init__(self, port: int) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self._lock = threading.Lock()
         self._seen = bytearray(1 << 16)
         self.unique = 0
@@ -73,19 +71,7 @@ class CentralReader:
         self.messages = 0
         self.max_id = 0
         self._lat_ms: list[float] = []
-        ready = threading.Event()
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id="soak-platform-reader", clean_session=False
-        )
-        c.reconnect_delay_set(0.2, 1)
-        c.on_connect = lambda cl, *_: (cl.subscribe("millrace/#", qos=1), ready.set())
-        c.on_message = self._on_message
-        c.connect("127.0.0.1", port, keepalive=10)
-        c.loop_start()
-        self.client = c
-        if not ready.wait(10):
-            self.close()
-            raise RuntimeError("central reader did not connect in 10 s")
+        self.client = connect_central_reader(port, "soak-platform-reader", self._on_message)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         if not msg.topic.endswith(("/telemetry", "/events")):
