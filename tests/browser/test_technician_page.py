@@ -82,6 +82,21 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last {last!r})")
 
 
+def wait_for_trend(page: Any, scope: str, timeout: float = 20_000) -> None:
+    """Wait until some trend under `scope` is drawn through at least two points.
+
+    Not Playwright's visibility: a flat series (a pump at rest) is drawn as a horizontal
+    line, whose bounding box has no height, so Playwright calls it hidden while a person
+    sees it plainly.
+    """
+    page.wait_for_function(
+        "sel => [...document.querySelectorAll(sel)].some("
+        "l => (l.getAttribute('points') || '').trim().split(/\\s+/).length >= 2)",
+        arg=f"{scope} svg.trend polyline",
+        timeout=timeout,
+    )
+
+
 def http_json(url: str, token: str) -> Any:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=5) as resp:
@@ -263,7 +278,7 @@ def test_page_loads_from_the_demo_and_live_values_change(session: Session) -> No
         timeout=20_000,
     )
     # a trend drawn from history and the stream (any of the pump's moving values)
-    page.wait_for_selector("details[data-device='pump-1'] tr[data-point-row] svg.trend polyline")
+    wait_for_trend(page, "details[data-device='pump-1'] tr[data-point-row]")
     assert page.inner_text("details[data-device='pump-1'] .badge") == "在线"
     session.shot("devices-phone")
 
@@ -439,7 +454,7 @@ def test_desktop_layout(browser: Any, demo: Demo) -> None:
         s.shot("overview-desktop")
         s.go("#/devices")
         page.click("details[data-device='line-1'] > summary")
-        page.wait_for_selector("details[data-device='line-1'] svg.trend polyline", timeout=20_000)
+        wait_for_trend(page, "details[data-device='line-1']")
         s.shot("devices-desktop")
     finally:
         s.close()
