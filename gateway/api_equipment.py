@@ -54,7 +54,15 @@ def _who(p: Principal) -> str:
 
 def _error(exc: EquipmentError) -> HTTPException:
     if isinstance(exc, InvalidMachine):
-        return HTTPException(422, {"message": "invalid machine", "problems": exc.problems})
+        return HTTPException(
+            422,
+            {
+                "message": "invalid machine",
+                "problems": exc.problems,
+                # the same problems as data: the page shows them in the reader's language
+                "details": [p.as_dict() for p in exc.details],
+            },
+        )
     if isinstance(exc, UnknownMachine):
         return HTTPException(404, str(exc))
     if isinstance(exc, VersionConflict):

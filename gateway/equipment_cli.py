@@ -22,6 +22,7 @@ import yaml
 from gateway.configload import LoadedConfig, load_config
 from gateway.equipment.errors import EquipmentError, InvalidMachine
 from gateway.equipment.model import from_config_equipment, parse_machine
+from gateway.equipment.problems import Problem
 from gateway.equipment.registry import EquipmentRegistry, Record
 
 EXIT_OK, EXIT_FAILURES, EXIT_INVALID = 0, 1, 2
@@ -128,9 +129,14 @@ def _read(file: str) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InvalidMachine([f"(file): not valid YAML or JSON ({exc})"]) from exc
+        raise InvalidMachine(
+            [Problem("(file)", "file_not_document", f"not valid YAML or JSON ({exc})")]
+        ) from exc
     if not isinstance(doc, dict):
-        raise InvalidMachine([f"(file): a machine is a mapping (got {type(doc).__name__})"])
+        kind = type(doc).__name__
+        raise InvalidMachine(
+            [Problem("(file)", "file_not_mapping", "a machine is a mapping", kind, {"kind": kind})]
+        )
     return doc
 
 

@@ -7,6 +7,7 @@ import re
 from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -28,23 +29,30 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
+def _duration_error() -> PydanticCustomError:
+    """A ValueError with a code (the page translates codes: gateway/equipment/problems.py)."""
+    return PydanticCustomError(
+        "duration_format", "a duration is a number of seconds or text like '10s', '5m', '7d'"
+    )
+
+
 def parse_duration(value: object) -> object:
     """'250ms', '10s', '5m', '2h', '7d' or a bare number of seconds -> seconds (float)."""
     if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or text like '10s', '5m', '7d'")
+        raise _duration_error()
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
         match = _DURATION_RE.match(value)
         if not match:
-            raise ValueError("a duration is a number of seconds or text like '10s', '5m', '7d'")
+            raise _duration_error()
         return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     return value
 
 
 def _positive(value: float) -> float:
     if value <= 0:
-        raise ValueError("must be greater than zero")
+        raise PydanticCustomError("not_positive", "must be greater than zero")
     return value
 
 

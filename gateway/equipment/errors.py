@@ -3,7 +3,7 @@
 ```
 MillraceError                      (gateway.errors)
 └── EquipmentError                 anything the registry or the metering log refuses
-    ├── InvalidMachine             a machine (or a patch) fails validation; `.problems`
+    ├── InvalidMachine             a machine (or a patch) fails validation; `.problems`, `.details`
     ├── DuplicateMachine           add() with an id the registry already holds (retired too)
     ├── UnknownMachine             get/update/retire of an id the registry does not hold
     ├── MachineRetired             update() of a retired machine
@@ -16,6 +16,9 @@ as they are; the API maps them to 422, 409, 404, 409 and 409.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from gateway.equipment.problems import Problem
 from gateway.errors import MillraceError
 
 
@@ -24,10 +27,12 @@ class EquipmentError(MillraceError):
 
 
 class InvalidMachine(EquipmentError):
-    """A machine failed validation. `problems` holds every `path: reason (got VALUE)` line."""
+    """A machine failed validation. `problems` holds every `path: reason (got VALUE)` line,
+    `details` the same problems as data (code and params, for translation)."""
 
-    def __init__(self, problems: list[str], *, machine_id: str | None = None) -> None:
-        self.problems = list(problems)
+    def __init__(self, problems: Sequence[Problem], *, machine_id: str | None = None) -> None:
+        self.details = tuple(problems)
+        self.problems = [p.line for p in self.details]
         self.machine_id = machine_id
         head = f"machine {machine_id}: invalid" if machine_id else "invalid machine"
         super().__init__(head + ":\n" + "\n".join(self.problems))

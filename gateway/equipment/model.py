@@ -66,6 +66,7 @@ from pydantic import (
 
 from gateway.equipment._rules import ANY_NAME, compile_status_expr
 from gateway.equipment.errors import InvalidMachine
+from gateway.equipment.problems import Problem, as_param, invalid
 from gateway.inference.rules import RuleError
 from gateway.types import DataClass, Duration, Name
 
@@ -114,11 +115,11 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _HHMM_RE = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
 
 
-def _once(values: list[str], what: str, twice: str = "is listed twice") -> None:
-    """ValueError naming every value that appears more than once."""
+def _once(values: list[str], code: str, what: str, twice: str = "is listed twice") -> None:
+    """A `code` error naming every value that appears more than once."""
     dup = sorted({x for x in values if values.count(x) > 1})
     if dup:
-        raise ValueError(f"{what} {twice} (got {', '.join(dup)})")
+        raise invalid(code, f"{what} {twice} (got {{got}})", got=", ".join(dup))
 
 
 def minutes_of(hhmm: str) -> int:
@@ -130,7 +131,9 @@ def minutes_of(hhmm: str) -> int:
 def _clock_time(value: str) -> str:
     match = _HHMM_RE.match(value)
     if not match or (match.group(1) == "24" and match.group(2) != "00"):
-        raise ValueError(f"a time of day is HH:MM, 00:00 to 24:00 (got {value})")
+        raise invalid(
+            "time_of_day", "a time of day is HH:MM, 00:00 to 24:00 (got {got})", got=value
+        )
     return value
 
 
@@ -139,7 +142,7 @@ ClockTime = Annotated[str, AfterValidator(_clock_time)]
 
 def _finite(value: float) -> float:
     if not math.isfinite(value):
-        raise ValueError(f"must be a finite number (got {value})")
+        raise invalid("not_finite", "must be a finite number (got {got})", got=value)
     return value
 
 
@@ -162,14 +165,16 @@ class Owner(_Strict):
     @classmethod
     def _phone(cls, v: str) -> str:
         if v and not _PHONE_RE.match(v):
-            raise ValueError("a phone number is digits, spaces, ( ) . - and an optional +")
+            raise invalid(
+                "phone_format", "a phone number is digits, spaces, ( ) . - and an optional +"
+            )
         return v
 
     @field_validator("email")
     @classmethod
     def _email(cls, v: str) -> str:
         if v and not _EMAIL_RE.match(v):
-            raise ValueError("an email address looks like name@example.org")
+            raise invalid("email_format", "an email address looks like name@example.org")
         return v
 
 
@@ -196,13 +201,17 @@ class Location(_Strict):
         try:
             zoneinfo.ZoneInfo(v)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"not an IANA time zone such as Asia/Ho_Chi_Minh (got {v})") from None
+            raise invalid(
+                "unknown_timezone",
+                "not an IANA time zone such as Asia/Ho_Chi_Minh (got {got})",
+                got=v,
+            ) from None
         return v
 
     @model_validator(mode="after")
     def _pair(self) -> Self:
         if (self.lat is None) != (self.lon is None):
-            raise ValueError("give both lat and lon, or neither")
+            raise invalid("lat_lon_pair", "give both lat and lon, or neither")
         return self
 
     @property
@@ -223,14 +232,16 @@ class WeeklyWindow(_Strict):
     @classmethod
     def _days(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
-            raise ValueError(f"a day is listed twice (got {', '.join(v)})")
+            raise invalid("day_twice", "a day is listed twice (got {got})", got=", ".join(v))
         return sorted(v, key=WEEKDAYS.index)
 
     @field_validator("start")
     @classmethod
     def _start(cls, v: str) -> str:
         if v == "24:00":
-            raise ValueError("a window starts at 23:59 at the latest (got 24:00)")
+            raise invalid(
+                "window_start_late", "a window starts at 23:59 at the latest (got {got})", got=v
+            )
         return v
 
     @field_validator("end")
@@ -238,9 +249,12 @@ class WeeklyWindow(_Strict):
     def _end(cls, v: str, info: ValidationInfo) -> str:
         start = info.data.get("start")
         if start is not None and minutes_of(v) <= minutes_of(start):
-            raise ValueError(
-                f"must be after start {start}; split a window across midnight into two "
-                f"at 24:00 (got {v})"
+            raise invalid(
+                "window_end_before_start",
+                "must be after start {start}; split a window across midnight into two "
+                "at 24:00 (got {got})",
+                start=start,
+                got=v,
             )
         return v
 
@@ -282,7 +296,7 @@ class StatusRule(_Strict):
         try:
             compile_status_expr(v, ANY_NAME)
         except RuleError as exc:
-            raise ValueError(f"{exc} (got {v})") from None
+            raise invalid("status_rule", "{error} (got {got})", error=str(exc), got=v) from None
         return v
 
 
@@ -309,7 +323,7 @@ class HealthPolicy(_Strict):
     @field_validator("models")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
-        _once(v, "a model")
+        _once(v, "duplicate_model", "a model")
         return v
 
 
@@ -391,7 +405,7 @@ class Machine(_Strict):
     @field_validator("capabilities")
     @classmethod
     def _capabilities(cls, v: list[Capability]) -> list[Capability]:
-        _once([c.name for c in v], "a capability")
+        _once([c.name for c in v], "duplicate_capability", "a capability")
         return v
 
     @field_validator("sharing")
@@ -406,23 +420,28 @@ class Machine(_Strict):
         if "location" in d and d["location"].lat is None:
             missing.append("location (lat, lon)")
         if missing:
-            raise ValueError(
-                f"a shared machine needs what the pool requires: make, model, owner.org and "
-                f"a location; missing {', '.join(missing)} (got shared: true)"
+            raise invalid(
+                "shared_needs",
+                "a shared machine needs what the pool requires: make, model, owner.org and "
+                "a location; missing {missing} (got {got})",
+                missing=", ".join(missing),
+                got="shared: true",
             )
         return v
 
     @field_validator("points")
     @classmethod
     def _points(cls, v: list[str]) -> list[str]:
-        _once(v, "a point")
+        _once(v, "duplicate_point", "a point")
         return v
 
     @field_validator("meters")
     @classmethod
     def _meters(cls, v: list[MeterSpec] | None) -> list[MeterSpec] | None:
         if v is not None:
-            _once([m.quantity.value for m in v], "a quantity", "is metered twice")
+            _once(
+                [m.quantity.value for m in v], "duplicate_meter", "a quantity", "is metered twice"
+            )
         return v
 
     @field_validator("data_classes")
@@ -430,14 +449,29 @@ class Machine(_Strict):
     def _classes(cls, v: dict[str, DataClass]) -> dict[str, DataClass]:
         for key, klass in v.items():
             if key in ALWAYS_PUBLIC:
-                raise ValueError(f"{key} is always public: the pool matches by it (got {key})")
+                raise invalid(
+                    "always_public",
+                    "{field} is always public: the pool matches by it (got {got})",
+                    field=key,
+                    got=key,
+                )
             if key not in FIELD_CLASSES:
                 known = ", ".join(FIELD_CLASSES)
-                raise ValueError(f"unknown field {key!r}; fields are {known} (got {key})")
+                raise invalid(
+                    "unknown_data_field",
+                    "unknown field {field}; fields are {known} (got {got})",
+                    field=repr(key),
+                    known=known,
+                    got=key,
+                )
             if klass not in FIELD_CLASSES[key][1]:
-                raise ValueError(
-                    f"{key} is an exact place, personal or unpublishable data and cannot be "
-                    f"{klass.value} (got {key}: {klass.value})"
+                raise invalid(
+                    "data_class_not_allowed",
+                    "{field} is an exact place, personal or unpublishable data and cannot be "
+                    "{klass} (got {got})",
+                    field=key,
+                    klass=klass.value,
+                    got=f"{key}: {klass.value}",
                 )
         return v
 
@@ -446,9 +480,11 @@ class Machine(_Strict):
         if self.point_prefix and self.points:
             bad = [p for p in self.points if not p.startswith(self.point_prefix)]
             if bad:
-                raise ValueError(
-                    f"points must start with point_prefix {self.point_prefix} "
-                    f"(got {', '.join(bad)})"
+                raise invalid(
+                    "point_prefix_mismatch",
+                    "points must start with point_prefix {prefix} (got {got})",
+                    prefix=self.point_prefix,
+                    got=", ".join(bad),
                 )
         return self
 
@@ -468,9 +504,10 @@ class Machine(_Strict):
 _OWN_GOT = re.compile(r"^(.*) \(got (.*)\)$", re.S)
 
 
-def problems_of(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[str]:
-    """`path: reason (got VALUE)` lines, like the config loader's; personal data shows as ***."""
-    lines = []
+def problems_of(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
+    """Each error as a Problem whose line reads `path: reason (got VALUE)`, like the config
+    loader's; personal data shows as *** in the line and is left out of the params."""
+    found = []
     for err in exc.errors(include_url=False):
         loc = (*prefix, *err["loc"])
         dotted = ".".join(str(p) for p in loc) or "(machine)"
@@ -488,8 +525,9 @@ def problems_of(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> lis
             got = _show(value.get("id", value.get("name", "{...}")))
         else:
             got = _show(value)
-        lines.append(f"{dotted}: {message} (got {got})")
-    return lines
+        params = {k: as_param(v) for k, v in (err.get("ctx") or {}).items() if k != "got"}
+        found.append(Problem(dotted, err["type"], message, got, params))
+    return found
 
 
 def _show(value: Any) -> str:

@@ -54,6 +54,7 @@ from gateway.equipment.errors import (
     VersionConflict,
 )
 from gateway.equipment.model import Machine, problems_of
+from gateway.equipment.problems import Problem
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS machines (
@@ -289,10 +290,10 @@ class EquipmentRegistry:
         old = _dump(rec.machine)
         doc = _dump(patch) if isinstance(patch, Machine) else deep_merge(old, patch)
         if doc.get("id") != machine_id:
-            raise InvalidMachine(
-                [f"id: the id of a machine cannot change (got {doc.get('id')})"],
-                machine_id=machine_id,
+            changed = Problem(
+                "id", "id_changed", "the id of a machine cannot change", str(doc.get("id"))
             )
+            raise InvalidMachine([changed], machine_id=machine_id)
         return rec, _validate(doc, machine_id)
 
     @staticmethod

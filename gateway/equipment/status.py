@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from gateway.equipment._rules import ANY_NAME, StatusExpr, compile_status_expr
 from gateway.equipment.errors import InvalidMachine
 from gateway.equipment.model import Machine, MachineType, Status
+from gateway.equipment.problems import Problem
 from gateway.inference.rules import RuleError
 from gateway.readings import Quality, Reading, Value
 
@@ -152,7 +153,7 @@ def _compile(
     names: Collection[str] = ANY_NAME if known is None else known
     rules: list[tuple[Status, StatusExpr]] = []
     left_out: list[str] = []
-    problems: list[str] = []
+    problems: list[Problem] = []
     for i, (status, text) in enumerate(spec):
         try:
             rules.append((status, compile_status_expr(text, names)))
@@ -160,7 +161,8 @@ def _compile(
             if defaults:
                 left_out.append(text)
             else:
-                problems.append(f"status_rules.{i}.when: {exc} (got {text})")
+                where = f"status_rules.{i}.when"
+                problems.append(Problem(where, "status_rule", str(exc), text, {"error": str(exc)}))
     if problems:
         raise InvalidMachine(problems, machine_id=machine_id)
     return CompiledStatusRules(tuple(rules), defaults, tuple(left_out))

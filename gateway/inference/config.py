@@ -65,6 +65,9 @@ class InferenceConfig(_Strict):
     item_queue_max: int = Field(default=256, ge=1, le=100_000)
     #: Items run together in one call when several wait (a batch costs less than its items).
     max_batch: int = Field(default=16, ge=1, le=1024)
+    #: Consecutive calls over budget that raise the latency alarm: one slow call (a cold
+    #: cache, a garbage collection, a neighbour busy on the CPU) is not a trend to warn of.
+    budget_raise_after: int = Field(default=3, ge=1, le=10_000)
     #: Consecutive calls within budget that clear a latency alarm.
     budget_clear_after: int = Field(default=100, ge=1, le=100_000)
 

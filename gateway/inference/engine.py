@@ -22,8 +22,8 @@ carries its origin in `reason`: `model:pdm-rul@1.0.0` or `fallback:pdm-rul@1.0.0
 Failure. A model whose manifest, file or graph is unusable, or whose call raises, never
 stops anything: the model's state says why, an event is emitted, and the manifest's fallback
 rules produce the alarms (and, for graders, `grade: unknown`) from the same inputs until the
-model works again. Every call is timed; a call over the latency budget raises the
-`latency_over_budget` alarm, cleared after `budget_clear_after` calls within budget.
+model works again. Every call is timed; `budget_raise_after` calls in a row over the latency
+budget raise the `latency_over_budget` alarm, `budget_clear_after` in a row within it clear it.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ class ModelInstance:
     failures: int = 0
     fallback_runs: int = 0
     over_budget: int = 0
+    over_budget_streak: int = 0
     within_budget_streak: int = 0
     rows_incomplete: int = 0
     items_in: int = 0
@@ -550,10 +551,14 @@ class InferenceEngine:
         active = inst.alarms.get(BUDGET_ALARM)
         if dt * 1000 > inst.budget_ms:
             inst.over_budget += 1
+            inst.over_budget_streak += 1
             inst.within_budget_streak = 0
-            if active is None or not active.active:
+            if (active is None or not active.active) and (
+                inst.over_budget_streak == self.cfg.budget_raise_after
+            ):
                 self._to_loop(self._set_budget_alarm, inst, True, dt)
         else:
+            inst.over_budget_streak = 0
             inst.within_budget_streak += 1
             if (
                 active is not None

@@ -386,7 +386,9 @@ def test_machine_registered_through_the_form_reaches_the_pool(session: Session) 
     # the API's validation (POST /equipment/validate) marks the field it names
     problem = page.locator("fieldset[data-field=sharing] > .field-error")
     problem.wait_for(state="visible")
-    assert "a shared machine needs" in problem.inner_text()
+    # in the page's language, from the problem's code (the API's English line is the fallback)
+    assert "共享到撮合平台需要品牌、型号、所属组织和位置；缺少：" in problem.inner_text()
+    assert "a shared machine needs" not in problem.inner_text()
     session.shot("equipment-form-phone")
 
     page.fill("[name=model]", "Austoft 8800")
@@ -404,7 +406,8 @@ def test_machine_registered_through_the_form_reaches_the_pool(session: Session) 
     page.fill("[name='sharing.weekly.0.end']", "05:00")
     end_error = page.locator("[data-field='sharing.weekly.0.end'] > .field-error")
     end_error.wait_for(state="visible")
-    assert "must be after start" in end_error.inner_text()
+    assert "必须晚于开始时间" in end_error.inner_text()
+    assert "（当前值：05:00）" in end_error.inner_text()
     page.fill("[name='sharing.weekly.0.end']", "18:00")
     page.wait_for_function(
         "() => document.querySelector('#form-status').textContent === '网关校验通过'"

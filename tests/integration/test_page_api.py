@@ -407,6 +407,15 @@ async def test_validate_answers_exactly_as_the_real_calls(gw: Gateway) -> None:
         problems = (await api.post("/equipment/validate", json=bad_docs[2])).json()["detail"]
         assert any(p.startswith("sharing.weekly.0.end: ") for p in problems["problems"])
         assert any(p.startswith("owner.phone: ") and "***" in p for p in problems["problems"])
+        # the same problems as data, for the page to say in the reader's language
+        details = {d["path"]: d for d in problems["details"]}
+        assert [d["message"] for d in problems["details"]] and len(details) == len(
+            problems["problems"]
+        )
+        assert details["sharing.weekly.0.end"]["code"] == "window_end_before_start"
+        assert details["sharing.weekly.0.end"]["params"] == {"start": "18:00"}
+        assert details["owner.phone"]["code"] == "phone_format"
+        assert details["owner.phone"]["got"] == "***" and "call me" not in json.dumps(details)
         for raw in (b"{not json", b"x" * 70_000):
             dry = await api.post("/equipment/validate", content=raw)
             real = await api.post("/equipment", content=raw)

@@ -119,6 +119,9 @@ def _engine(
     inference: dict[str, Any] | None = None,
     items: tuple[tuple[str, str], ...] = (),
 ) -> tuple[InferenceEngine, Collector]:
+    # Latency is not what these tests are about unless they say so: on a busy test machine a
+    # 1 ms budget is missed now and then, and its alarm would be one more event to count.
+    models = [{"latency_budget_ms": 60_000, **m} for m in models]
     data: dict[str, Any] = {"gateway": {"id": "gw", "site": "site"}, "models": models}
     if inference is not None:
         data["inference"] = inference
@@ -345,24 +348,29 @@ async def test_a_broken_model_is_reported_and_its_rules_take_over(
         await eng.stop(5)
 
 
-async def test_a_call_over_budget_raises_the_alarm_and_clears_after_good_calls(
+async def test_calls_over_budget_raise_the_alarm_and_good_calls_clear_it(
     tmp_path: Path,
 ) -> None:
     binding = {**FAILURE_BINDING, "latency_budget_ms": 0.000001}
-    eng, out = _engine(tmp_path, [binding], FAILURE_POINTS, {"budget_clear_after": 2})
+    settings = {"budget_raise_after": 2, "budget_clear_after": 2}
+    eng, out = _engine(tmp_path, [binding], FAILURE_POINTS, settings)
     await eng.start()
     try:
         t0 = time.time()
         eng.on_batch(_failure_batch(_row("healthy"), t0))
+        await eventually(lambda: len(out.values("m1-failure.failure_risk")) == 1)
+        assert eng.status()[0]["over_budget"] == 1
+        assert out.events("alarm") == []  # one slow call is not a trend
+        eng.on_batch(_failure_batch(_row("healthy"), t0 + 1))
         await eventually(lambda: bool(out.events("alarm")))
         (ev,) = out.events("alarm")
         assert ev["name"] == "latency_over_budget" and ev["state"] == "raised"
         assert ev["budget_ms"] == 0.000001 and ev["value"] > 0
-        assert eng.status()[0]["over_budget"] == 1
+        assert eng.status()[0]["over_budget"] == 2
         assert out.values("m1-failure.alarm_latency_over_budget") == [True]
 
         eng.instances[0].budget_ms = 10_000.0  # now every call is within budget
-        for i in (1, 2):
+        for i in (2, 3):
             eng.on_batch(_failure_batch(_row("healthy"), t0 + i))
             await eventually(lambda i=i: len(out.values("m1-failure.failure_risk")) == i + 1)
         await eventually(lambda: len(out.events("alarm")) == 2)

@@ -14,6 +14,7 @@ from drivers.base import DeviceState
 from gateway.auth import Role
 from gateway.equipment.availability import Level
 from gateway.equipment.model import WEEKDAYS, MachineType, Rate, Status
+from gateway.equipment.problems import TRANSLATED_CODES
 from gateway.inference.engine import BUDGET_ALARM, ModelState
 from gateway.readings import Quality
 
@@ -99,3 +100,21 @@ def test_the_page_defaults_to_chinese() -> None:
     assert '<html lang="zh-CN">' in html
     i18n = _scripts()["i18n.js"]
     assert 'const DEFAULT = "zh-CN"' in i18n and "localStorage" in i18n
+
+
+def test_every_validation_problem_code_has_a_message_with_its_params() -> None:
+    """The form shows the API's validation problems by code (`problem.<code>`, view_form.js
+    `problemText`); a code without a message would fall back to English in a Chinese page,
+    and a placeholder the API does not send would show as `{name}`."""
+    for lang in LANGS:
+        for code, params in TRANSLATED_CODES.items():
+            text = CATALOGUE[lang].get(f"problem.{code}")
+            assert text, (lang, code)
+            assert set(re.findall(r"\{(\w+)\}", text)) <= set(params), (lang, code, text)
+        assert set(re.findall(r"\{(\w+)\}", CATALOGUE[lang]["problem.got"])) == {"text", "got"}
+    stray = {k for k in CATALOGUE["en"] if k.startswith("problem.")} - {
+        f"problem.{c}" for c in TRANSLATED_CODES
+    }
+    assert stray == {"problem.got"}, stray
+    form = _scripts()["view_form.js"]
+    assert "`problem.${problem.code}`" in form  # the one place the page builds these keys

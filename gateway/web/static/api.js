@@ -56,16 +56,33 @@ export class ApiError extends Error {
     return detail ? String(detail) : `HTTP ${status}`;
   }
 
-  /** The problem lines of a 422 from the equipment API ("path: reason (got x)"). */
+  /** The problems of a 422 from the equipment API, each {path, code, params, got, message}:
+   * the code and params let the page say it in the reader's language, the English message
+   * is for a code it does not know. */
   get problems() {
     const detail = this.body?.detail;
-    if (detail && Array.isArray(detail.problems)) return detail.problems;
+    if (detail && Array.isArray(detail.details)) return detail.details;
+    if (detail && Array.isArray(detail.problems)) return detail.problems.map(lineProblem);
     if (Array.isArray(detail)) {
-      // FastAPI's own request validation
-      return detail.map((d) => `${(d.loc || []).slice(1).join(".") || "(machine)"}: ${d.msg}`);
+      // FastAPI's own request validation (pydantic's codes)
+      return detail.map((d) => ({
+        path: (d.loc || []).slice(1).join(".") || "(machine)",
+        code: d.type,
+        params: d.ctx || {},
+        got: null,
+        message: d.msg,
+      }));
     }
     return [];
   }
+}
+
+/** A problem known only as its English line ("path: reason"). */
+export function lineProblem(line) {
+  const cut = line.indexOf(": ");
+  return cut > 0
+    ? { path: line.slice(0, cut), message: line.slice(cut + 2), got: null, params: {} }
+    : { path: "(machine)", message: line, got: null, params: {} };
 }
 
 /** fetch() with the token; JSON in and out; ApiError for anything but 2xx. */

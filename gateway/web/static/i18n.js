@@ -32,6 +32,11 @@ export function t(key, vars) {
   return vars ? text.replace(/\{(\w+)\}/g, (m, name) => (name in vars ? String(vars[name]) : m)) : text;
 }
 
+/** Whether the catalogue has `key` (in the current language or the default). */
+export function known(key) {
+  return key in (catalogue[lang] ?? {}) || key in (catalogue[DEFAULT] ?? {});
+}
+
 /** A message for a value the server names (a device state, a status): the text when the
  * catalogue has `prefix + value`, the value itself otherwise (a state added later). */
 export function tv(prefix, value) {

@@ -1,12 +1,13 @@
 // Register or edit a machine. The form checks nothing itself: while it is typed in, the
 // document goes to POST /equipment/validate, which runs exactly the API's validation without
-// saving, and each problem ("path: reason (got value)") is shown at its field. Submitting
+// saving, and each problem is shown at its field, in the reader's language (the API sends a
+// code and params with each; an unknown code shows the API's English message). Submitting
 // uses POST /equipment, or PATCH /equipment/{id} with If-Match for an edit (only the fields
 // that changed are sent, so what this role cannot see is kept as it is).
 
-import { api, ApiError } from "./api.js";
+import { api, ApiError, lineProblem } from "./api.js";
 import { $$, fill, h } from "./dom.js";
-import { t, tv } from "./i18n.js";
+import { known, t, tv } from "./i18n.js";
 import { state } from "./state.js";
 
 const TYPES = [
@@ -456,11 +457,25 @@ async function validate() {
   } catch (e) {
     if (mine !== seq || !form) return false;
     status.textContent = "";
-    if (e instanceof ApiError && e.status === 422) showProblems(e.problems.length ? e.problems : [`(machine): ${e.message}`]);
-    else if (e instanceof ApiError && e.status === 409 && mode === "new") showProblems([`id: ${e.message}`]);
-    else showProblems([`(machine): ${e.message}`]);
+    if (e instanceof ApiError && e.status === 422) showProblems(e.problems.length ? e.problems : [lineProblem(e.message)]);
+    else if (e instanceof ApiError && e.status === 409 && mode === "new") showProblems([{ ...lineProblem(e.message), path: "id" }]);
+    else showProblems([lineProblem(e.message)]);
     return false;
   }
+}
+
+const NO_GOT = new Set(["missing", "shared_needs"]);
+
+/** A problem in the reader's language: its code's message with its params, and the value
+ * it was given; the API's English message for a code the catalogue does not have. */
+export function problemText(problem) {
+  const key = `problem.${problem.code}`;
+  const text = problem.code && known(key) ? t(key, problem.params || {}) : problem.message;
+  const got = problem.got;
+  // nothing to show for a missing field or a whole group ("{...}", "[...]"), nor where the
+  // message already says it (a shared machine's missing fields)
+  if (got === null || got === undefined || /^[[{]/.test(got) || NO_GOT.has(problem.code)) return text;
+  return t("problem.got", { text, got });
 }
 
 function fieldFor(path) {
@@ -481,10 +496,10 @@ function showProblems(problems) {
   for (const el of $$("[aria-invalid]", form)) el.removeAttribute("aria-invalid");
   for (const el of $$(".invalid", form)) el.classList.remove("invalid");
   const general = [];
-  for (const line of problems) {
-    const cut = line.indexOf(": ");
-    const path = cut > 0 ? line.slice(0, cut) : "(machine)";
-    const message = cut > 0 ? line.slice(cut + 2) : line;
+  for (const problem of problems) {
+    const path = problem.path || "(machine)";
+    const message = problemText(problem);
+    const line = path === "(machine)" ? message : `${path}: ${message}`;
     const target = path === "(machine)" ? null : fieldFor(path);
     const shown = showAll || [...touched].some((p) => path === p || path.startsWith(`${p}.`) || p.startsWith(`${path}.`));
     if (!shown) continue;
@@ -535,8 +550,8 @@ async function submit(e) {
     if (!form) return;
     form.querySelector("#form-status").textContent = "";
     if (err instanceof ApiError && err.status === 422) showProblems(err.problems);
-    else if (err instanceof ApiError && err.status === 409 && mode === "edit") showProblems([`(machine): ${t("form.conflict")}`]);
-    else showProblems([`(machine): ${err.message}`]);
+    else if (err instanceof ApiError && err.status === 409 && mode === "edit") showProblems([lineProblem(t("form.conflict"))]);
+    else showProblems([lineProblem(err.message)]);
   } finally {
     if (form) button.disabled = false;
   }
