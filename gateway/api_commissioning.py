@@ -5,7 +5,8 @@ It probes through the gateway's own drivers (`Gateway.probe`): the connections a
 are used, so a serial line is never opened twice, a PLC that allows one Modbus connection is
 not refused, and an OPC UA session is reused. The probe is asynchronous I/O on the gateway's
 loop (each driver serialises it with its polling); building the text report runs in a worker
-thread. One run at a time; each run is in the audit log with its outcome.
+thread. One run at a time; each run is in the audit log with its outcome. Devices that send
+on their own (MQTT) are judged by what they sent (`gateway.check.heard`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class ProbeLine(BaseModel):
     value: Value
     unit: str
     reason: str
+    #: The configured device it came through when that is not `device` (an MQTT device's
+    #: points belong to the machines publishing on it); empty otherwise.
+    source: str
 
 
 class CommissioningOut(BaseModel):
@@ -116,6 +120,7 @@ async def commissioning(request: Request, who: Technician) -> CommissioningOut:
                 value=r.value,
                 unit=r.unit,
                 reason=r.reason,
+                source=r.source,
             )
             for r in results
         ],

@@ -37,6 +37,7 @@ from gateway.audit import AuditLog, audit_path, record_config
 from gateway.auth import AccessControl, TokenStore
 from gateway.auth.tokens import tokens_path
 from gateway.bus import Bus
+from gateway.check import heard
 from gateway.configload import LoadedConfig
 from gateway.errors import MillraceError, WriteRejected
 from gateway.httpserve import bind, embedded_server
@@ -354,7 +355,8 @@ class Gateway:
         self, progress: Callable[[int, int, str], None] | None = None
     ) -> list[ProbeResult]:
         """Read every point once (the commissioning check). Connections are probed
-        concurrently (each is independent); `progress(done, total, key)` after each."""
+        concurrently (each is independent); `progress(done, total, key)` after each. Once
+        running, devices that send on their own (MQTT) are judged by what they sent."""
         probers = [d for d in self.drivers if isinstance(d, Prober)]
         done = 0
 
@@ -367,7 +369,14 @@ class Gateway:
             return results
 
         per_driver = await asyncio.gather(*(one(d) for d in probers))
-        return [r for results in per_driver for r in results]
+        results = [r for results in per_driver for r in results]
+        if self.state is GatewayState.RUNNING:  # what the listening drivers have heard
+            listeners = [d for d in self.drivers if not isinstance(d, Prober)]
+            declared = {e.id: e.points for e in self.config.equipment if e.points}
+            now = time.time()
+            for drv in listeners:
+                results += heard(drv.points(), drv.health(), self.latest.get, now, declared)
+        return results
 
     # -- API -----------------------------------------------------------------------------
 

@@ -119,7 +119,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from drivers.base import DeviceHealth, DeviceState, Emit, Item, ItemSink, PointSpec
+from drivers.base import (
+    DeviceHealth,
+    DeviceState,
+    Emit,
+    Item,
+    ItemSink,
+    PointSpec,
+    cancel_until_done,
+)
 from drivers.mqtt.config import MqttDevice, MqttPoint, MqttProfile, check_profile
 from drivers.mqtt.parse import (
     ParseError,
@@ -858,8 +866,7 @@ class MqttDriver:
         drain, and release those acknowledgements so they go out before DISCONNECT."""
         task, self._ack_task = self._ack_task, None
         if task is not None:
-            task.cancel()
-            await _outlast_cancels(task, _CLOSE_COMMIT_TIMEOUT)
+            await cancel_until_done(task, _CLOSE_COMMIT_TIMEOUT, outlast=True)
         n = len(self._unacked)
         if not n or self._committed is None:
             return

@@ -57,7 +57,14 @@ from asyncua.common.ua_utils import data_type_to_variant_type
 from asyncua.crypto import security_policies
 from asyncua.crypto.uacrypto import CertProperties
 
-from drivers.base import DeviceHealth, DeviceState, Emit, PointSpec, ProbeResult
+from drivers.base import (
+    DeviceHealth,
+    DeviceState,
+    Emit,
+    PointSpec,
+    ProbeResult,
+    cancel_until_done,
+)
 from drivers.opcua import certs
 from drivers.opcua.config import (
     DeadbandType,
@@ -1080,8 +1087,7 @@ class OpcuaDriver:
     async def _close(self, session: _Session) -> None:
         poller, session.poller = session.poller, None
         if poller is not None:
-            poller.cancel()
-            await asyncio.gather(poller, return_exceptions=True)
+            await cancel_until_done(poller)
         client = session.client
         try:
             async with asyncio.timeout(self._cfg.timeout):
