@@ -155,3 +155,16 @@ def plant_process(cwd: Path | None = None) -> Iterator[tuple[int, subprocess.Pop
             proc.wait(timeout=10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def farm_broker(port: int, client_id: str) -> dict[str, Any]:
+    """The MQTT device the farm's machines publish through (`coop/<machine>/telemetry`)."""
+    return {
+        "id": "coop-broker",
+        "protocol": "mqtt",
+        "host": "127.0.0.1",
+        "port": port,
+        "profile": "farm-machinery",
+        "topics": ["coop/{equipment}/telemetry"],
+        "client_id": client_id,
+    }

@@ -9,7 +9,7 @@ from gateway.auth import Role
 from gateway.runtime import Gateway
 from simulators.mqtt_farm import MqttFarm
 from tests.integration import mosquitto as _broker
-from tests.integration.gwutil import api_client, eventually, plant_config
+from tests.integration.gwutil import api_client, eventually, farm_broker, plant_config
 from tests.integration.mosquitto import Mosquitto
 
 mosquitto = _broker.mosquitto  # fixture: a real broker on a free port
@@ -20,15 +20,7 @@ async def test_farm_fleet_through_the_gateway_with_dead_letters(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     machines = ["tractor-01", "harvester-01", "drone-01"]
-    device = {
-        "id": "coop-broker",
-        "protocol": "mqtt",
-        "host": "127.0.0.1",
-        "port": mosquitto.port,
-        "profile": "farm-machinery",
-        "topics": ["coop/{equipment}/telemetry"],
-        "client_id": "millrace-test-gw",
-    }
+    device = farm_broker(mosquitto.port, "millrace-test-gw")
     equipment = [{"id": m, "type": "tractor", "device": "coop-broker"} for m in machines]
     loaded = plant_config(tmp_path, 0, devices=[device], equipment=equipment)
     async with (
@@ -74,15 +66,7 @@ async def test_commissioning_judges_mqtt_machines_by_what_they_sent(
     """MQTT devices cannot be asked for a value: the check run from the page reports what each
     machine on the broker sent, and a machine that sent nothing fails with why, instead of the
     device being left out of the report (and counted offline)."""
-    device = {
-        "id": "coop-broker",
-        "protocol": "mqtt",
-        "host": "127.0.0.1",
-        "port": mosquitto.port,
-        "profile": "farm-machinery",
-        "topics": ["coop/{equipment}/telemetry"],
-        "client_id": "millrace-test-check",
-    }
+    device = farm_broker(mosquitto.port, "millrace-test-check")
     sending = ["tractor-01", "harvester-01"]
     equipment = [
         {"id": m, "type": "tractor", "device": "coop-broker"} for m in [*sending, "drone-01"]

@@ -20,7 +20,7 @@ from drivers.mqtt.driver import DEAD_LETTER_BYTES
 from gateway.runtime import Gateway, GatewayState
 from tests.fuzz._hostile import assert_nothing_lost, stored
 from tests.integration import mosquitto as _broker
-from tests.integration.gwutil import api_client, eventually, plant_config
+from tests.integration.gwutil import api_client, eventually, farm_broker, plant_config
 from tests.integration.mosquitto import Mosquitto
 
 mosquitto = _broker.mosquitto  # fixture: a real broker on a free port
@@ -62,15 +62,7 @@ def good(seq: int) -> bytes:
 async def test_hostile_payloads_are_dead_lettered_counted_and_lose_nothing(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    device = {
-        "id": "coop-broker",
-        "protocol": "mqtt",
-        "host": "127.0.0.1",
-        "port": mosquitto.port,
-        "profile": "farm-machinery",
-        "topics": ["coop/{equipment}/telemetry"],
-        "client_id": "millrace-hostile-gw",
-    }
+    device = farm_broker(mosquitto.port, "millrace-hostile-gw")
     equipment = [{"id": "tractor-01", "type": "tractor", "device": "coop-broker"}]
     loaded = plant_config(tmp_path, 0, devices=[device], equipment=equipment)
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)

@@ -11,6 +11,7 @@ from drivers.base import DeviceHealth, DeviceState, PointSpec, ProbeResult
 from gateway.check import devices_online, format_report, heard
 from gateway.configload import load_config_data
 from gateway.readings import Quality, Reading
+from tests.unit.test_config import BASE
 
 NOW = 1_700_000_000.0
 
@@ -68,14 +69,7 @@ def test_heard_judges_each_point_by_its_newest_reading_and_its_machines_health()
 
 
 def _loaded(tmp_path: Path):  # type: ignore[no-untyped-def]
-    modbus = {
-        "id": "pump-1",
-        "protocol": "modbus-tcp",
-        "host": "127.0.0.1",
-        "port": 5020,
-        "unit_id": 1,
-        "profile": "pump-station",
-    }
+    """The config tests' pump on Modbus, and a broker for the farm's machines."""
     mqtt = {
         "id": "coop-broker",
         "protocol": "mqtt",
@@ -84,7 +78,7 @@ def _loaded(tmp_path: Path):  # type: ignore[no-untyped-def]
         "profile": "farm-machinery",
         "topics": ["coop/{equipment}/telemetry"],
     }
-    data = {"gateway": {"id": "gw", "site": "s"}, "devices": [modbus, mqtt]}
+    data = {**BASE, "devices": [*BASE["devices"], mqtt]}
     return load_config_data(data, base_dir=tmp_path)
 
 
