@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import platforms, sdnotify
+from gateway.aio import cancel_until_done
 from gateway.configload import LoadedConfig
 from gateway.envconfig import load_deployed
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from sync.fleet import FleetReporter
 
 log = logging.getLogger("millrace.deploy")
+
+#: How long a box service (fleet reporter, systemd watchdog) may take to stop.
+TASK_STOP_S = 5.0
 
 
 def load_box(
@@ -77,7 +81,7 @@ async def box_services(
     finally:
         sdnotify.notify("STOPPING=1", env)
         for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            # until it ends: a fleet report finishing as the cancel arrives swallows it
+            # (asyncio.wait_for on 3.11), and one cancel would leave the stop waiting for ever
+            if not await cancel_until_done(t, TASK_STOP_S):
+                log.error("box service did not stop", extra={"task": t.get_name()})

@@ -126,7 +126,6 @@ from drivers.base import (
     Item,
     ItemSink,
     PointSpec,
-    cancel_until_done,
 )
 from drivers.mqtt.config import MqttDevice, MqttPoint, MqttProfile, check_profile
 from drivers.mqtt.parse import (
@@ -137,6 +136,7 @@ from drivers.mqtt.parse import (
     TopicTemplate,
     match_topic,
 )
+from gateway.aio import cancel_until_done
 from gateway.errors import TransportError
 from gateway.readings import Batch, Quality, Reading, bad
 from gateway.types import NAME_PATTERN

@@ -63,7 +63,6 @@ from drivers.base import (
     Emit,
     PointSpec,
     ProbeResult,
-    cancel_until_done,
 )
 from drivers.opcua import certs
 from drivers.opcua.config import (
@@ -89,6 +88,7 @@ from drivers.opcua.nodeid import (
     NodeRef,
     namespace_index,
 )
+from gateway.aio import cancel_until_done
 from gateway.errors import DeviceError, MillraceError, TransportError, WriteRejected
 from gateway.readings import Batch, Quality, Reading, Value, bad
 

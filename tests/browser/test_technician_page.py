@@ -387,7 +387,10 @@ def test_machine_registered_through_the_form_reaches_the_pool(session: Session) 
     problem = page.locator("fieldset[data-field=sharing] > .field-error")
     problem.wait_for(state="visible")
     # in the page's language, from the problem's code (the API's English line is the fallback)
-    assert "共享到撮合平台需要品牌、型号、所属组织和位置；缺少：" in problem.inner_text()
+    # what it lacks, named as the form labels those fields
+    assert "共享到撮合平台需要品牌、型号、所属组织和位置；缺少：型号、所属组织、位置" in (
+        problem.inner_text()
+    )
     assert "a shared machine needs" not in problem.inner_text()
     session.shot("equipment-form-phone")
 

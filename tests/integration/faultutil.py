@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from gateway.aio import cancel_until_done
 from gateway.runtime import Gateway
 from tests.integration.gwutil import eventually
 from tests.integration.mosquitto import Mosquitto
@@ -182,9 +183,7 @@ class LoopLag:
         tb: TracebackType | None,
     ) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_until_done(self._task)
 
 
 def counts_by_reason(rows: Any) -> Counter[str]:

@@ -25,6 +25,7 @@ from asyncua import Client, ua
 
 from drivers.opcua.config import OpcuaDevice, OpcuaProfile
 from drivers.opcua.driver import OpcuaDriver
+from gateway.aio import cancel_until_done
 from gateway.configload import load_config_data
 from gateway.readings import Batch, Quality, Value
 from simulators.cogen_turbine import (
@@ -321,9 +322,7 @@ async def test_the_gateway_driver_reads_it_with_the_builtin_profile() -> None:
                 assert set(got) == changed and "cycle" in got
                 assert got == {name: now[var[name]] for name in got}
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_until_done(task)
             await driver.close()
 
 

@@ -22,6 +22,7 @@ from asyncua import Server, ua
 from drivers.base import DeviceState
 from drivers.opcua.config import OpcuaDevice, OpcuaProfile
 from drivers.opcua.driver import OpcuaDriver
+from gateway.aio import cancel_until_done
 from gateway.readings import Batch, Quality, Reading
 from tests.conftest import free_port
 
@@ -157,7 +158,5 @@ async def test_values_of_another_type_are_bad_counted_and_the_session_survives()
             await force(server, nodes["Count"], ua.Variant(9, VT.Int64))
             await until(lambda: is_good("plc.count", 9), "Int64 accepted for a UInt32 node")
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_until_done(task)
             await drv.close()

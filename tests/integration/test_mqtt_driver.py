@@ -22,6 +22,7 @@ from drivers.base import DeviceState
 from drivers.mqtt import driver as mqtt_driver
 from drivers.mqtt.config import MqttDevice, MqttProfile
 from drivers.mqtt.driver import MqttDriver
+from gateway.aio import cancel_until_done
 from gateway.config import StoreConfig
 from gateway.errors import TransportError
 from gateway.readings import Batch, Quality, Reading
@@ -90,9 +91,7 @@ async def running(driver: MqttDriver) -> AsyncIterator[MqttDriver]:
     try:
         yield driver
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_until_done(task)
         await driver.close()
         name = f"millrace-mqtt-{driver.device.id}"
         assert not [t for t in threading.enumerate() if t.name == name], "thread left running"

@@ -24,6 +24,7 @@ from drivers.base import DeviceState, Item
 from drivers.mqtt.config import MqttDevice, MqttProfile
 from drivers.mqtt.driver import MqttDriver
 from drivers.registry import build_drivers
+from gateway.aio import cancel_until_done
 from gateway.config import StoreConfig
 from gateway.configload import load_config_data
 from gateway.readings import Batch, Quality, Reading
@@ -100,9 +101,7 @@ async def running(driver: MqttDriver) -> AsyncIterator[MqttDriver]:
         await eventually(lambda: driver.connected, "the driver to connect")
         yield driver
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_until_done(task)
         await driver.close()
 
 

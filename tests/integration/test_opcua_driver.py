@@ -32,6 +32,7 @@ from drivers.opcua.certs import create_client_certificate
 from drivers.opcua.config import OpcuaDevice, OpcuaProfile
 from drivers.opcua.discover import discover_opcua, profile_yaml
 from drivers.opcua.driver import OpcuaDriver
+from gateway.aio import cancel_until_done
 from gateway.errors import DeviceError, TransportError, WriteRejected
 from gateway.readings import Batch, Quality, Reading
 from simulators.opcua_machine import DATASET, NAMESPACE, OpcuaMachineLine, load_ai4i
@@ -169,9 +170,7 @@ async def running(drv: OpcuaDriver) -> AsyncIterator[OpcuaDriver]:
     try:
         yield drv
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_until_done(task)
         await drv.close()
 
 

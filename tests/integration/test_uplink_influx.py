@@ -33,6 +33,7 @@ import pytest
 import urllib3
 from pydantic import ValidationError
 
+from gateway.aio import cancel_until_done
 from gateway.errors import SinkRetry, SinkThrottle
 from gateway.readings import Quality, Value
 from gateway.store import StoredReading
@@ -655,9 +656,7 @@ async def test_event_loop_keeps_running_during_a_request(
         async with sender(config(server.url), context()) as s:
             await s.send(batch(flow(2)))
     finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        assert await cancel_until_done(task, 10) and task.cancelled()
     assert ticks >= 10
 
 

@@ -1,4 +1,4 @@
-"""`drivers.base.cancel_until_done`: a helper task whose loop wraps `asyncio.wait_for` can
+"""`gateway.aio.cancel_until_done`: a helper task whose loop wraps `asyncio.wait_for` can
 swallow one cancel on Python 3.11 (the cancel meets the awaited result), which once left the
 MQTT driver's acknowledgement task waiting for ever after its driver stopped. The race is
 made here on purpose, not left to timing."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from drivers.base import cancel_until_done
+from gateway.aio import cancel_until_done
 
 
 async def _looping_helper(results: asyncio.Queue[asyncio.Future[int]], rounds: list[int]) -> None:

@@ -43,7 +43,11 @@ async def make_store(tmp_path: Path) -> AsyncIterator[MakeStore]:
     async def make(
         name: str = "store.db", *, clock: Callable[[], float] = time.time, **cfg: Any
     ) -> Store:
-        store = Store(tmp_path / name, StoreConfig(**{"flush_interval": 0.01, **cfg}), clock=clock)
+        # Test readings carry small timestamps (1970): with the default 7-day retention and
+        # housekeeping every 20 ms they could leave history between a flush and the read that
+        # checks them. Tests about retention set their own.
+        defaults = {"flush_interval": 0.01, "history_retention": 100 * 365 * 86400.0}
+        store = Store(tmp_path / name, StoreConfig(**{**defaults, **cfg}), clock=clock)
         store._housekeeping_interval = 0.02
         store._max_backoff = 0.05
         await store.open()

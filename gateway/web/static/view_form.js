@@ -466,11 +466,30 @@ async function validate() {
 
 const NO_GOT = new Set(["missing", "shared_needs"]);
 
+// What a shared machine lacks, named as the form labels those fields.
+const FIELD_LABELS = {
+  make: "form.make",
+  model: "form.model",
+  "owner.org": "form.owner_org",
+  "location (lat, lon)": "form.location",
+};
+
+function paramsFor(problem) {
+  const params = { ...(problem.params || {}) };
+  if (problem.code === "shared_needs" && typeof params.missing === "string") {
+    params.missing = params.missing
+      .split(/, (?![^(]*\))/) // not inside "location (lat, lon)"
+      .map((f) => (FIELD_LABELS[f] ? t(FIELD_LABELS[f]) : f))
+      .join(t("problem.list_sep"));
+  }
+  return params;
+}
+
 /** A problem in the reader's language: its code's message with its params, and the value
  * it was given; the API's English message for a code the catalogue does not have. */
 export function problemText(problem) {
   const key = `problem.${problem.code}`;
-  const text = problem.code && known(key) ? t(key, problem.params || {}) : problem.message;
+  const text = problem.code && known(key) ? t(key, paramsFor(problem)) : problem.message;
   const got = problem.got;
   // nothing to show for a missing field or a whole group ("{...}", "[...]"), nor where the
   // message already says it (a shared machine's missing fields)
