@@ -82,6 +82,7 @@ async def box_services(
         sdnotify.notify("STOPPING=1", env)
         for t in tasks:
             # until it ends: a fleet report finishing as the cancel arrives swallows it
-            # (asyncio.wait_for on 3.11), and one cancel would leave the stop waiting for ever
-            if not await cancel_until_done(t, TASK_STOP_S):
+            # (asyncio.wait_for on 3.11), and one cancel would leave the stop waiting for ever;
+            # a cancel of this stop meanwhile must not leave the services running
+            if not await cancel_until_done(t, TASK_STOP_S, outlast=True):
                 log.error("box service did not stop", extra={"task": t.get_name()})
