@@ -36,7 +36,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -104,6 +104,21 @@ class LiveSettings:
     max_streams: int = MAX_STREAMS
     #: Streams open now.
     open_streams: int = 0
+    #: The newest overview (monotonic time, data), shared by every open page.
+    _overview: tuple[float, dict[str, Any]] | None = None
+    _overview_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Overviews built (what the sharing saves is visible in tests).
+    overviews_built: int = 0
+
+    async def overview(self, gw: Gateway) -> dict[str, Any]:
+        """The overview every page is sent: built at most once per half summary interval
+        whatever the number of pages, since it reads the store once per uplink."""
+        async with self._overview_lock:
+            now = time.monotonic()
+            if self._overview is None or now - self._overview[0] >= self.summary_s / 2:
+                self._overview = (now, await build_overview(gw, gw.engine.status()))
+                self.overviews_built += 1
+            return self._overview[1]
 
 
 def live_settings(app: Any) -> LiveSettings:
@@ -207,42 +222,6 @@ class LiveView:
             "equipment", [live.to_dict() for live in self.gw.sharing.live.values()]
         )
 
-    async def overview(self, status: list[dict[str, Any]]) -> dict[str, Any] | None:
-        gw = self.gw
-        online, total = gw.online_share()
-        uplinks = []
-        for u in gw.uplinks:
-            d = await u.details()
-            uplinks.append({k: d.get(k) for k in _UPLINK_FIELDS})
-        autonomy = [u["autonomy_hours"] for u in uplinks if u["autonomy_hours"] is not None]
-        machines: dict[str, int] = {}
-        for live in gw.sharing.live.values():
-            if not live.record.retired:
-                avail = live.availability
-                level = "unknown" if avail is None else avail.available.value
-                machines[level] = machines.get(level, 0) + 1
-        st = gw.store.stats()
-        return self._changed(
-            "overview",
-            {
-                # as /health says it
-                "status": "ok" if online == total else "degraded",
-                "devices_online": online,
-                "devices_total": total,
-                "alarms": [
-                    {"model": m["id"], "equipment": m.get("equipment"), "alarm": a}
-                    for m in status
-                    for a in m.get("active_alarms", [])
-                ],
-                "uplinks": uplinks,
-                "backlog": sum(u["pending"] or 0 for u in uplinks),
-                "autonomy_hours": min(autonomy) if autonomy else None,
-                "store_queued": st.queued,
-                "store_error": st.last_error,
-                "machines": machines,
-            },
-        )
-
     def fast(self) -> list[str]:
         """The events due every batch interval."""
         out = []
@@ -256,9 +235,43 @@ class LiveView:
             out.append(sse("equipment", equipment))
         return out
 
-    async def summary(self) -> list[str]:
-        data = await self.overview(self.gw.engine.status())
+    async def summary(self, live: LiveSettings) -> list[str]:
+        data = self._changed("overview", await live.overview(self.gw))
         return [] if data is None else [sse("overview", data)]
+
+
+async def build_overview(gw: Gateway, status: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the overview view shows (the same for every role: no point values in it)."""
+    online, total = gw.online_share()
+    uplinks = []
+    for u in gw.uplinks:
+        d = await u.details()
+        uplinks.append({k: d.get(k) for k in _UPLINK_FIELDS})
+    autonomy = [u["autonomy_hours"] for u in uplinks if u["autonomy_hours"] is not None]
+    machines: dict[str, int] = {}
+    for live in gw.sharing.live.values():
+        if not live.record.retired:
+            avail = live.availability
+            level = "unknown" if avail is None else avail.available.value
+            machines[level] = machines.get(level, 0) + 1
+    st = gw.store.stats()
+    return {
+        # as /health says it
+        "status": "ok" if online == total else "degraded",
+        "devices_online": online,
+        "devices_total": total,
+        "alarms": [
+            {"model": m["id"], "equipment": m.get("equipment"), "alarm": a}
+            for m in status
+            for a in m.get("active_alarms", [])
+        ],
+        "uplinks": uplinks,
+        "backlog": sum(u["pending"] or 0 for u in uplinks),
+        "autonomy_hours": min(autonomy) if autonomy else None,
+        "store_queued": st.queued,
+        "store_error": st.last_error,
+        "machines": machines,
+    }
 
 
 async def stream(
@@ -298,7 +311,7 @@ async def stream(
             if now >= next_summary:
                 next_summary = now + live.summary_s
                 try:
-                    parts += await view.summary()
+                    parts += await view.summary(live)
                     summary_failed = False
                 except Exception as exc:  # a store hiccup must not end every page's stream
                     if not summary_failed:

@@ -217,14 +217,22 @@ def measure_gateway(
     return result
 
 
+def terminate(p: subprocess.Popen[bytes], timeout: float = 20) -> int | None:
+    """SIGTERM `p` if it still runs and wait; its exit code, None if it had to be killed."""
+    if p.poll() is not None:
+        return p.returncode
+    p.send_signal(signal.SIGTERM)
+    try:
+        return p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        return None
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in reversed(procs):
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        terminate(p)
 
 
 def modbus_workload(

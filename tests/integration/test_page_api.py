@@ -307,6 +307,27 @@ async def test_events_end_when_the_client_goes(gw: Gateway) -> None:
     await eventually(lambda: live.open_streams == 0, what="the streams to close")
 
 
+async def test_open_pages_share_one_overview(gw: Gateway) -> None:
+    """The overview reads the store once per uplink: four pages must not cost four reads.
+    Each page asks for one every `summary_s`; the gateway builds at most one per half of it."""
+    live = live_settings(_app(gw))
+    live.summary_s = 0.4
+    pages, window = 4, 2.0
+    token = make_token(gw.loaded, Role.VIEWER)
+    async with httpx.AsyncClient(base_url=gw.api_url, timeout=10) as api:
+        streams = [api.stream("GET", "/events", headers=_auth(token)) for _ in range(pages)]
+        readers = [Events(await s.__aenter__()) for s in streams]
+        for ev in readers:
+            assert (await ev.until("overview"))["devices_total"] == 2
+        built = live.overviews_built
+        await asyncio.sleep(window)
+        made = live.overviews_built - built
+        for s in streams:
+            await s.__aexit__(None, None, None)
+    asked = pages * window / live.summary_s  # what one build per page and round would cost
+    assert 1 <= made <= window / (live.summary_s / 2) + 1 < asked, (made, asked)
+
+
 async def test_a_revoked_token_ends_its_open_stream(gw: Gateway) -> None:
     live = live_settings(_app(gw))
     live.heartbeat_s = 0.3

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from typing import Any, Self
 import psutil
 import yaml
 
-from tests.bench.run import free_port, scrape, start_gateway
+from tests.bench.run import free_port, scrape, start_gateway, terminate
 from tests.tools.central_reader import connect_central_reader
 
 #: The two outbox uplinks the soak accounts for (the pool uplink only carries sharing
@@ -360,35 +359,19 @@ class Site:
     def stop_devices(self) -> None:
         """Stop the simulators (SIGTERM): no new readings, so the uplinks can drain to 0.
         The pool keeps running, so the pool uplink's last status changes are delivered."""
-        if self.sims is not None and self.sims.poll() is None:
-            self.sims.send_signal(signal.SIGTERM)
-            try:
-                self.sims.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.sims.kill()
+        if self.sims is not None:
+            terminate(self.sims, 30)
 
     def stop_gateway(self) -> int | None:
         """SIGTERM the gateway; its exit code (None if it had to be killed)."""
-        if self.gw is None or self.gw.poll() is not None:
-            return None if self.gw is None else self.gw.returncode
-        self.gw.send_signal(signal.SIGTERM)
-        try:
-            return self.gw.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.gw.kill()
-            return None
+        return None if self.gw is None else terminate(self.gw, 60)
 
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
         for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            terminate(p, 30)
         for server in reversed(self.servers):
             server.stop()
 

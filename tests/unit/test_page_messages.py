@@ -118,3 +118,19 @@ def test_every_validation_problem_code_has_a_message_with_its_params() -> None:
     assert stray == {"problem.got", "problem.list_sep"}, stray
     form = _scripts()["view_form.js"]
     assert "`problem.${problem.code}`" in form  # the one place the page builds these keys
+
+
+def test_the_forms_choices_are_the_models() -> None:
+    """The form offers machine types, weekdays and rate units from lists of its own (the page
+    has no build step to generate them): they must be exactly what the API accepts, or a
+    type added to the model could not be chosen and a removed one would be refused."""
+    form = _scripts()["view_form.js"]
+
+    def listed(name: str) -> list[str]:
+        found = re.search(rf"const {name} = \[(.*?)\];", form, re.S)
+        assert found, name
+        return re.findall(r'"([a-z_]+)"', found.group(1))
+
+    assert listed("TYPES") == [t.value for t in MachineType]
+    assert listed("DAYS") == list(WEEKDAYS)
+    assert listed("RATE_PER") == list(Rate.model_fields["per"].annotation.__args__)  # type: ignore[union-attr]
