@@ -418,13 +418,14 @@ class Machine(_Strict):
         if "owner" in d and not d["owner"].org:
             missing.append("owner.org")
         if "location" in d and d["location"].lat is None:
-            missing.append("location (lat, lon)")
+            missing.append("location")
         if missing:
             raise invalid(
                 "shared_needs",
                 "a shared machine needs what the pool requires: make, model, owner.org and "
                 "a location; missing {missing} (got {got})",
-                missing=", ".join(missing),
+                missing=", ".join(f"{m} (lat, lon)" if m == "location" else m for m in missing),
+                fields=",".join(missing),  # the paths, for the page to name by its labels
                 got="shared: true",
             )
         return v

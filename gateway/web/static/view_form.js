@@ -471,14 +471,14 @@ const FIELD_LABELS = {
   make: "form.make",
   model: "form.model",
   "owner.org": "form.owner_org",
-  "location (lat, lon)": "form.location",
+  location: "form.location",
 };
 
 function paramsFor(problem) {
   const params = { ...(problem.params || {}) };
-  if (problem.code === "shared_needs" && typeof params.missing === "string") {
-    params.missing = params.missing
-      .split(/, (?![^(]*\))/) // not inside "location (lat, lon)"
+  if (problem.code === "shared_needs" && typeof params.fields === "string") {
+    params.missing = params.fields
+      .split(",")
       .map((f) => (FIELD_LABELS[f] ? t(FIELD_LABELS[f]) : f))
       .join(t("problem.list_sep"));
   }
