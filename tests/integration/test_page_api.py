@@ -325,6 +325,7 @@ async def test_open_pages_share_one_overview(gw: Gateway) -> None:
         for s in streams:
             await s.__aexit__(None, None, None)
     asked = pages * window / live.summary_s  # what one build per page and round would cost
+    print(f"\n{pages} pages, {window:g} s: {made} overviews built ({asked:g} unshared)")
     assert 1 <= made <= window / (live.summary_s / 2) + 1 < asked, (made, asked)
 
 
